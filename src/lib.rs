@@ -18,7 +18,22 @@
 
 pub mod authz;
 pub mod backoff;
+pub mod callout;
 pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod http;
+pub mod httpclient;
+pub mod jwks;
+pub mod kube;
+pub mod logging;
 pub mod metrics;
+pub mod nats;
+pub mod natsjwt;
 pub mod permissions;
+pub mod policy;
 pub mod secret;
+pub mod signals;
+pub mod subject;
+pub mod testkit;
+pub mod token;
