@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::process::{Outcome, Processor};
-use super::{CalloutConfig, CalloutError};
+use super::request::XKEY_HEADER;
+use super::{CalloutConfig, CalloutError, AUTH_SUBJECT};
 use crate::authz::Decider;
 use crate::clock::SystemClock;
+use crate::nats::{Connection, Message};
 
 /// One delivered request message.
 pub trait Inbound: Send + 'static {
@@ -130,8 +132,67 @@ fn worker<M: Inbound, R: Replier + ?Sized>(
     }
 }
 
+impl Inbound for Message {
+    fn reply_subject(&self) -> Option<&str> {
+        self.reply.as_deref()
+    }
+    fn xkey_header(&self) -> Option<&str> {
+        self.headers.as_ref().and_then(|h| h.get(XKEY_HEADER))
+    }
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+impl Replier for Connection {
+    fn reply(&self, subject: &str, payload: &[u8]) -> Result<(), &'static str> {
+        // Our client writes each publish to the socket before returning: no flush needed.
+        self.publish(subject, None, payload).map_err(|e| e.code())
+    }
+}
+
 /// Entry point of the NATS-connected callout.
 pub struct Callout;
+
+impl Callout {
+    /// Subscribe to [`AUTH_SUBJECT`] in `cfg.queue_group` on `conn` (logged in as an
+    /// `auth_users` user of the callout account) and answer requests with `cfg.workers`
+    /// threads. The subscription's bounded channel (`cfg.queue_capacity`) is the request queue;
+    /// when it is full the client drops and counts messages.
+    pub fn start(
+        conn: &Connection,
+        cfg: CalloutConfig,
+        decider: Arc<dyn Decider>,
+    ) -> Result<CalloutHandle, CalloutError> {
+        let processor = processor(&cfg, decider)?;
+        let sub = conn
+            .subscribe(
+                AUTH_SUBJECT,
+                Some(cfg.queue_group.as_str()).filter(|q| !q.is_empty()),
+                cfg.queue_capacity,
+            )
+            .map_err(|e| CalloutError::Subscribe(e.code()))?;
+        let rx = sub.receiver().clone();
+        let pool = WorkerPool::start(rx, Arc::new(conn.clone()), processor, cfg.workers);
+        log::info!(
+            queue_group = cfg.queue_group.as_str(),
+            workers = cfg.workers,
+            queue_capacity = cfg.queue_capacity,
+            xkey = cfg.xkey_seed.is_some();
+            "auth callout started"
+        );
+        let conn = conn.clone();
+        Ok(CalloutHandle::new(
+            pool,
+            Box::new(move |timeout| {
+                sub.unsubscribe();
+                // Once the PONG is back no further request can arrive on this subscription.
+                let _ = conn.flush(timeout);
+                drop(sub);
+            }),
+        ))
+    }
+}
 
 /// A running callout; [`CalloutHandle::drain`] stops it gracefully.
 pub struct CalloutHandle {
