@@ -447,3 +447,34 @@ fn drain_stops_taking_requests() {
     assert!(err.is_some(), "a client was admitted after drain");
     assert_eq!(w.counter(M_REQUESTS, &[]), 1);
 }
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_growing() {
+    // One worker busy for 3 s, room for one waiting request: of three more clients at most
+    // one can wait, the others are dropped (and counted) at once.
+    let w = config_world(false, 2.0, |c| {
+        c.workers = 1;
+        c.queue_capacity = 1;
+    });
+    let url = w.server.url();
+    rt().block_on(async {
+        let busy = tokio::spawn({
+            let url = url.clone();
+            async move { client(&url, "sleep3").await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            let url = url.clone();
+            others.push(tokio::spawn(async move {
+                client(&url, "good").await.map(|_| ())
+            }));
+        }
+        for o in others {
+            assert!(o.await.unwrap().is_err(), "nobody can be admitted in time");
+        }
+        let _ = busy.await;
+    });
+    let full = w.callout.as_ref().unwrap().queue_full();
+    assert!(full >= 2, "dropped {full}");
+}

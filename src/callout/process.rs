@@ -48,7 +48,7 @@ impl Metrics {
             ),
             duration: registry.histogram(
                 M_DURATION,
-                "Time from a worker taking a request to its response being published.",
+                "Time from a worker taking a request to its response being ready (verify, decide, sign, seal).",
                 &[],
                 LATENCY_BUCKETS,
             ),

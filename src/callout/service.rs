@@ -172,6 +172,7 @@ impl Callout {
                 cfg.queue_capacity,
             )
             .map_err(|e| CalloutError::Subscribe(e.code()))?;
+        let sub = Arc::new(sub);
         let rx = sub.receiver().clone();
         let pool = WorkerPool::start(rx, Arc::new(conn.clone()), processor, cfg.workers);
         log::info!(
@@ -182,14 +183,15 @@ impl Callout {
             "auth callout started"
         );
         let conn = conn.clone();
+        let counted = sub.clone();
         Ok(CalloutHandle::new(
             pool,
             Box::new(move |timeout| {
                 sub.unsubscribe();
                 // Once the PONG is back no further request can arrive on this subscription.
                 let _ = conn.flush(timeout);
-                drop(sub);
             }),
+            Box::new(move || counted.dropped()),
         ))
     }
 }
@@ -198,19 +200,32 @@ impl Callout {
 pub struct CalloutHandle {
     pool: WorkerPool,
     unsubscribe: Option<Box<dyn FnOnce(Duration) + Send>>,
+    queue_full: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl CalloutHandle {
-    /// Build a handle from a pool and a function that stops new deliveries (UNSUB).
-    pub fn new(pool: WorkerPool, unsubscribe: Box<dyn FnOnce(Duration) + Send>) -> Self {
+    /// Build a handle from a pool, a function that stops new deliveries (UNSUB) and one that
+    /// tells how many requests were dropped because the queue was full.
+    pub fn new(
+        pool: WorkerPool,
+        unsubscribe: Box<dyn FnOnce(Duration) + Send>,
+        queue_full: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
         CalloutHandle {
             pool,
             unsubscribe: Some(unsubscribe),
+            queue_full,
         }
     }
 
     pub fn processor(&self) -> &Arc<Processor> {
         self.pool.processor()
+    }
+
+    /// Requests dropped because the queue was full (the NATS client counts them, also in the
+    /// metric `nats_k8s_callout_nats_messages_dropped_total`).
+    pub fn queue_full(&self) -> u64 {
+        (self.queue_full)()
     }
 
     /// Stop taking new requests (UNSUB), finish the queued and in-flight ones, then return.
