@@ -5,6 +5,7 @@
 //! that failed verification.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -159,7 +160,12 @@ impl Processor {
             }
         };
         let auth = request::to_auth_request(&req.claims);
-        let decision = self.decider.decide(&auth);
+        // A panicking decider must not leave the client waiting for the server's timeout.
+        let decision = catch_unwind(AssertUnwindSafe(|| self.decider.decide(&auth)))
+            .unwrap_or_else(|_| {
+                log::error!(reason = "decider_panic"; "the decider panicked; refusing the client");
+                Decision::deny("decider_panic")
+            });
         let now = self.clock.now();
         let signed = match &decision {
             Decision::Allow(grant) => {
@@ -323,6 +329,30 @@ mod tests {
             reg.histogram(M_DURATION, "", &[], LATENCY_BUCKETS).count(),
             2
         );
+    }
+
+    #[test]
+    fn a_panicking_decider_becomes_a_denial() {
+        let issuer = KeyPair::new_account();
+        let server = KeyPair::new_server();
+        let mut cfg = CalloutConfig::new(
+            Placement::Config {
+                account: "APP".into(),
+            },
+            Secret::new(issuer.seed().unwrap()),
+        );
+        cfg.metrics = registry();
+        let boom: Arc<dyn Decider> = Arc::new(|_: &AuthRequest| -> Decision { panic!("boom") });
+        let p = Processor::new(&cfg, boom, Arc::new(FixedClock::new(NOW))).unwrap();
+        let mut c = request_claims(&server, &issuer.public_key());
+        let t = natsjwt::encode(&mut c, &server).unwrap();
+        let Outcome::Reply(out) = p.process(None, t.as_bytes()) else {
+            panic!("no reply")
+        };
+        let r: Claims<AuthorizationResponse> =
+            natsjwt::decode_at(std::str::from_utf8(&out).unwrap(), NOW).unwrap();
+        assert_eq!(r.nats.error, "decider_panic");
+        assert!(r.nats.jwt.is_empty());
     }
 
     #[test]
