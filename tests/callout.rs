@@ -22,14 +22,14 @@ use tokio::runtime::Runtime;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// "good" → pub/sub `app.>`; "slow" → the same after 1.5 s; "sleep3" → after 3 s;
+/// "good" → pub/sub `app.>`; "slow" → the same after 1.5 s; "sleep4" → after 4 s;
 /// anything else → deny `test_denied`.
 fn test_decider() -> Arc<dyn Decider> {
     Arc::new(|r: &AuthRequest| {
         let token = r.bearer_token().unwrap_or("");
         match token {
             "slow" => std::thread::sleep(Duration::from_millis(1500)),
-            "sleep3" => std::thread::sleep(Duration::from_secs(3)),
+            "sleep4" => std::thread::sleep(Duration::from_secs(4)),
             "good" => {}
             _ => return Decision::deny("test_denied"),
         }
@@ -404,14 +404,16 @@ fn slow_decision_does_not_delay_a_fast_one() {
 
 #[test]
 fn expired_requests_are_dropped_and_counted() {
-    // One worker; the first decision takes 3 s, longer than the 2 s auth timeout, so the
-    // second request's JWT has expired by the time the worker takes it.
+    // One worker; the first decision takes 4 s, longer than the 2 s auth timeout, so the
+    // second request's JWT has expired by the time the worker takes it. (`exp` has whole
+    // seconds: a request sent at t has exp = floor(t) + 2 and counts as expired from
+    // floor(t) + 3 on, so 3.8 s of waiting is always enough.)
     let w = config_world(false, 2.0, |c| c.workers = 1);
     let url = w.server.url();
     rt().block_on(async {
         let first = tokio::spawn({
             let url = url.clone();
-            async move { client(&url, "sleep3").await.map(|_| ()) }
+            async move { client(&url, "sleep4").await.map(|_| ()) }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let second = client(&url, "good").await.map(|_| ());
@@ -450,7 +452,7 @@ fn drain_stops_taking_requests() {
 
 #[test]
 fn a_full_queue_drops_and_counts_instead_of_growing() {
-    // One worker busy for 3 s, room for one waiting request: of three more clients at most
+    // One worker busy for 4 s, room for one waiting request: of three more clients at most
     // one can wait, the others are dropped (and counted) at once.
     let w = config_world(false, 2.0, |c| {
         c.workers = 1;
@@ -460,7 +462,7 @@ fn a_full_queue_drops_and_counts_instead_of_growing() {
     rt().block_on(async {
         let busy = tokio::spawn({
             let url = url.clone();
-            async move { client(&url, "sleep3").await.map(|_| ()) }
+            async move { client(&url, "sleep4").await.map(|_| ()) }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut others = Vec::new();
