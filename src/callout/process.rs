@@ -226,6 +226,15 @@ impl Processor {
         if e.is_expired() {
             self.metrics.expired.inc();
             log::warn!(reason = e.code(); "authorization request expired before a worker took it; dropped");
+        } else if matches!(
+            e,
+            RequestError::EncryptedWithoutXkey | RequestError::PlainWithXkey
+        ) {
+            self.metrics.bad_request(e.code());
+            log::error!(
+                reason = e.code();
+                "xkey mismatch between nats-server and this service (one side has an xkey, the other not); request refused, no response sent"
+            );
         } else {
             self.metrics.bad_request(e.code());
             log::warn!(reason = e.code(); "authorization request refused; no response sent");
