@@ -898,6 +898,100 @@ mod tests {
     }
 
     #[test]
+    fn adversarial_entries() {
+        let o = eval(
+            Some(" $SYS.> ,\u{ff04}SYS.>,$sys.x,a.b\u{0},\nc.d\n,e.f\ng.h,$SYS\t.x,>.,.>,*.*.>"),
+            None,
+        );
+        // Trimming happens before the checks, so padding cannot hide a rail.
+        assert_eq!(dropped_code(&o, Direction::Publish, "$SYS.>"), "guard_rail");
+        // A look-alike dollar sign is not ASCII.
+        assert_eq!(
+            dropped_code(&o, Direction::Publish, "\u{ff04}SYS.>"),
+            "invalid_subject"
+        );
+        // Subjects are case-sensitive: `$sys` is an ordinary subject, not the system one.
+        assert_eq!(verdict_of(&o, Direction::Publish, "$sys.x"), Verdict::Kept);
+        assert_eq!(
+            dropped_code(&o, Direction::Publish, "a.b\u{0}"),
+            "invalid_subject"
+        );
+        // A YAML block value with newlines around comma-separated entries still works.
+        assert_eq!(verdict_of(&o, Direction::Publish, "c.d"), Verdict::Kept);
+        assert_eq!(
+            dropped_code(&o, Direction::Publish, "e.f\ng.h"),
+            "invalid_subject"
+        );
+        for e in ["$SYS\t.x", ">.", ".>"] {
+            assert_eq!(
+                dropped_code(&o, Direction::Publish, e),
+                "invalid_subject",
+                "{e:?}"
+            );
+        }
+        assert_eq!(dropped_code(&o, Direction::Publish, "*.*.>"), "guard_rail");
+        assert_eq!(o.permissions.publish.allow, vec!["shop.>", "$sys.x", "c.d"]);
+    }
+
+    /// Every pattern of up to 3 tokens over a hostile alphabet, as both annotations: every
+    /// granted subject is valid, reaches no rail and no inbox, and only the policy's own
+    /// defaults touch inbox subjects.
+    #[test]
+    fn nothing_granted_by_annotation_reaches_a_rail_or_an_inbox() {
+        let alpha = [
+            "$SYS",
+            "_INBOX",
+            "_INBOX_shop_api",
+            "_INBOX_bank_x",
+            "shop",
+            "a",
+            "*",
+            ">",
+        ];
+        let mut all: Vec<String> = alpha.iter().map(|s| s.to_string()).collect();
+        for _ in 0..2 {
+            let next: Vec<String> = all
+                .iter()
+                .flat_map(|p| alpha.iter().map(move |t| format!("{p}.{t}")))
+                .collect();
+            all.extend(next);
+        }
+        all.sort();
+        all.dedup();
+        let list = all.join(",");
+        for inbox in [InboxPolicy::Private, InboxPolicy::Shared] {
+            let s = PolicySettings {
+                inbox,
+                ..Default::default()
+            };
+            let o = evaluate(&s, "shop", "api", Some(&list), Some(&list)).unwrap();
+            assert_eq!(o.entries.len(), 2 * all.len());
+            let defaults = ["shop.>", "_INBOX_shop_api.>", "_INBOX.>"];
+            let mut kept = 0;
+            for rules in [&o.permissions.publish, &o.permissions.subscribe] {
+                for a in rules
+                    .allow
+                    .iter()
+                    .filter(|a| !defaults.contains(&a.as_str()))
+                {
+                    kept += 1;
+                    assert_eq!(subject::validate(a), Ok(()));
+                    for r in DEFAULT_DENY_SUBJECTS {
+                        assert!(!subject::intersects(a, r), "{a} reaches {r}");
+                    }
+                    for inbox in ["_INBOX_shop_api.x", "_INBOX_bank_x.y", "_INBOX.z"] {
+                        assert!(!subject::matches(a, inbox), "{a} reaches {inbox}");
+                    }
+                    for d in &rules.deny {
+                        assert!(!subject::intersects(a, d), "{a} vs deny {d}");
+                    }
+                }
+            }
+            assert!(kept > 20, "the enumeration should keep something: {kept}");
+        }
+    }
+
+    #[test]
     fn report_counts_drops_by_reason() {
         let c = dropped_counter("guard_rail");
         let before = c.get();
