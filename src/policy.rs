@@ -491,6 +491,11 @@ mod tests {
         assert_eq!(o.tags, vec!["k8s-namespace:shop", "k8s-serviceaccount:api"]);
         assert_eq!(o.inbox_prefix, "_INBOX_shop_api");
         assert!(o.entries.is_empty());
+        let o2 = evaluate(&PolicySettings::default(), "team-7", "web.v2", None, None).unwrap();
+        for t in &o2.tags {
+            assert_eq!(t, &t.to_lowercase(), "NATS tooling lowercases tags");
+        }
+        assert_eq!(o2.tags[1], "k8s-serviceaccount:web.v2");
         // Guard rails also land in the deny lists (none overlaps the defaults).
         assert_eq!(
             o.permissions.publish.deny,
