@@ -188,25 +188,38 @@ impl Logger {
         let ts = rfc3339_millis(unix_millis);
         let line = match self.format {
             Format::Json => {
-                let mut map = serde_json::Map::new();
-                map.insert("ts".into(), ts.into());
-                map.insert("level".into(), record.level().as_str().into());
-                map.insert("target".into(), record.target().into());
-                map.insert("msg".into(), msg.into());
+                // Built by hand to keep the key order: ts, level, target, msg, then fields.
+                let mut s = String::with_capacity(160);
+                s.push_str("{\"ts\":");
+                push_json_str(&mut s, &ts);
+                s.push_str(",\"level\":");
+                push_json_str(&mut s, record.level().as_str());
+                s.push_str(",\"target\":");
+                push_json_str(&mut s, record.target());
+                s.push_str(",\"msg\":");
+                push_json_str(&mut s, &msg);
+                let mut seen: Vec<String> = Vec::new();
                 for (k, v) in fields.0 {
-                    let v = match v {
-                        FieldValue::Str(s) => serde_json::Value::String(s),
-                        FieldValue::Json(j) => j,
-                    };
-                    // A field never overwrites the fixed keys.
+                    // A field never overwrites the fixed keys, nor an earlier field.
                     let k = if matches!(k.as_str(), "ts" | "level" | "target" | "msg") {
                         format!("field_{k}")
                     } else {
                         k
                     };
-                    map.insert(k, v);
+                    if seen.contains(&k) {
+                        continue;
+                    }
+                    s.push(',');
+                    push_json_str(&mut s, &k);
+                    s.push(':');
+                    match v {
+                        FieldValue::Str(v) => push_json_str(&mut s, &v),
+                        FieldValue::Json(j) => s.push_str(&j.to_string()),
+                    }
+                    seen.push(k);
                 }
-                serde_json::Value::Object(map).to_string()
+                s.push('}');
+                s
             }
             Format::Text => {
                 let mut s = String::with_capacity(128);
@@ -338,6 +351,11 @@ impl<'kvs> VisitSource<'kvs> for Fields {
         self.0.push((k, v));
         Ok(())
     }
+}
+
+fn push_json_str(out: &mut String, v: &str) {
+    // Serialising a &str cannot fail.
+    out.push_str(&serde_json::to_string(v).unwrap_or_default());
 }
 
 fn escape_text(msg: &str) -> String {
@@ -652,6 +670,10 @@ mod tests {
         assert_eq!(v["duration_ms"], 12);
         assert_eq!(v["ok"], true);
         assert_eq!(v["password"], REDACTED);
+        assert!(
+            out.starts_with("{\"ts\":\"") && out.contains("\",\"level\":\"INFO\",\"target\":\"t\",\"msg\":\"hello world\",\"namespace\":\"shop\","),
+            "{out}"
+        );
         assert!(v["ts"].as_str().unwrap().ends_with('Z'));
         assert!(!out.contains(pw));
     }
