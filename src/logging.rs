@@ -368,6 +368,7 @@ const REDACTED: &str = "[REDACTED]";
 const SENSITIVE_WORDS: &[&str] = &[
     "password",
     "passwd",
+    "passphrase",
     "pass",
     "pwd",
     "secret",
@@ -499,6 +500,8 @@ pub fn redact(line: &str) -> String {
                     j += 1;
                 }
                 if j < b.len() && (b[j] == b'=' || b[j] == b':') {
+                    // `key: value` with a space is often prose ("bad token: expired").
+                    let prose = b[j] == b':' && b.get(j + 1) == Some(&b' ');
                     j += 1;
                     while j < b.len() && b[j] == b' ' {
                         j += 1;
@@ -507,7 +510,9 @@ pub fn redact(line: &str) -> String {
                     if line[j..].starts_with("Some(") {
                         j += 5;
                     }
+                    let before_quote = j;
                     j = skip_quote(b, j);
+                    let quoted = j != before_quote;
                     let mut e = value_end(b, j);
                     // `Authorization: Bearer x`, `Basic x`: the credential is the next word.
                     let scheme = &line[j..e];
@@ -522,7 +527,13 @@ pub fn redact(line: &str) -> String {
                         }
                         e = value_end(b, s2);
                     }
-                    if e > j && !line[j..e].starts_with("[REDACTED") {
+                    // In prose, a plain lowercase word is text, not a credential.
+                    let plain_word = prose
+                        && !quoted
+                        && line[j..e]
+                            .bytes()
+                            .all(|c| c.is_ascii_lowercase() || c == b'_' || c == b'-');
+                    if e > j && !plain_word && !line[j..e].starts_with("[REDACTED") {
                         out.push_str(&line[copied..j]);
                         out.push_str(REDACTED);
                         i = e;
@@ -621,6 +632,9 @@ mod tests {
             "\"NATS_PASSWORD\":\"s3cr3tpw\"".to_string(),
             "GET /x?access_token=s3cr3tpw&y=1".to_string(),
             "auth_token: s3cr3tpw".to_string(),
+            "password: s3cr3tpw".to_string(),
+            "token:s3cr3tpw".to_string(),
+            "Settings { password: \"s3cr3tpw\" }".to_string(),
             "{\"msg\":\"pass=\\\"s3cr3tpw\\\"\"}".to_string(),
         ];
         for c in &cases {
@@ -643,6 +657,8 @@ mod tests {
             "public key UAB3C4D5E6F7G2H3I4J5K6L7M2N3O4P5Q6R7S2T3U4V5W6X7Y2Z3A4B5",
             "connected to nats://host:4222",
             "bearer_format=jwt",
+            "malformed token: expected three parts",
+            "{\"msg\":\"cannot read token: permission denied\"}",
         ] {
             assert_eq!(redact(s), s);
         }

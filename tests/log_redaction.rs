@@ -61,6 +61,7 @@ fn emit<L: Log + ?Sized>(logger: &L) -> usize {
     log::info!(logger: logger, "client token {}", jwt);
     log::warn!(logger: logger, "loaded seed {} and xkey {}", SEED, XKEY_SEED);
     log::info!(logger: logger, "connect with password={} then", PASSWORD);
+    log::warn!(logger: logger, "login failed, password: {}", PASSWORD);
     log::info!(logger: logger, "header Authorization: Bearer {}", jwt);
     log::info!(logger: logger, "dial nats://admin:{}@nats:4222", PASSWORD);
     log::debug!(logger: logger, "creds file:\n{}", creds);
@@ -76,7 +77,7 @@ fn emit<L: Log + ?Sized>(logger: &L) -> usize {
     // Debug of structs holding Secret.
     log::debug!(logger: logger, request:? = req; "auth request");
     log::debug!(logger: logger, "settings {:?} request {:#?}", settings, req);
-    14
+    15
 }
 
 fn assert_clean(out: &str, records: usize, what: &str) {
