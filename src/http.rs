@@ -182,6 +182,8 @@ impl Health {
 }
 
 /// A thread's heartbeat handle: call [`Heartbeat::beat`] at least once per allowed silence.
+/// A thread that waits (on a channel, a socket) must wait with a timeout shorter than its
+/// allowed silence and beat on every wake-up, so that "idle" is never mistaken for "stuck".
 pub struct Heartbeat {
     state: Arc<BeatState>,
     epoch: Instant,
