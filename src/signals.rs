@@ -6,7 +6,17 @@
 //! signal-handler context. If nobody listens any more (the receiver was dropped), the next
 //! signal gets its default action (the process ends), so a signal is never silently lost.
 //!
-//! This module never decides what a signal means: `main` does (readiness off, drain, exit).
+//! This module never decides what a signal means: `main` does, for example:
+//!
+//! ```text
+//! let signals = signals::install();        // first thing in main, before any thread
+//! /* start the threads, http::serve(...) */
+//! let first = signals.recv();              // wait for SIGTERM / SIGINT
+//! health.begin_shutdown();                 // /readyz → 503 from now on
+//! /* drain the callout subscription, answer requests in flight, join threads */
+//! // a second signal while draining (signals.try_recv()) may cut the drain short
+//! std::process::exit(0);
+//! ```
 
 use crossbeam_channel::{Receiver, Sender};
 
