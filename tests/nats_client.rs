@@ -141,12 +141,20 @@ fn cross_check_with_async_nats() {
         theirs.flush().await.unwrap();
         let mut h = Headers::new();
         h.insert("Our-Header", "ours");
-        ours.publish_with_headers("x.from.ours", Some("r.1"), &h, b"payload-b")
-            .unwrap();
-        let m = tokio::time::timeout(WAIT, their_sub.next())
-            .await
-            .unwrap()
-            .unwrap();
+        // async-nats' flush does not wait for the server, so its SUB may not be active yet:
+        // publish until it arrives (bounded).
+        let mut got = None;
+        for _ in 0..25 {
+            ours.publish_with_headers("x.from.ours", Some("r.1"), &h, b"payload-b")
+                .unwrap();
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(200), their_sub.next()).await
+            {
+                got = Some(m);
+                break;
+            }
+        }
+        let m = got.expect("async-nats received our message within 5 s");
         assert_eq!(&m.payload[..], b"payload-b");
         assert_eq!(m.reply.as_deref(), Some("r.1"));
         assert_eq!(
@@ -578,4 +586,96 @@ fn errors_are_not_connected_while_down_and_never_buffer() {
         c.flush(Duration::from_millis(100)),
         Err(Error::NotConnected)
     ));
+}
+
+/// Operator-mode server with one account; returns (server, account key pair).
+fn operator_server() -> (NatsServer, nkeys::KeyPair) {
+    use nats_k8s_callout::natsjwt::{self, Account, Claims, Operator};
+    let op = nkeys::KeyPair::new_operator();
+    let acc = nkeys::KeyPair::new_account();
+    let now = nats_k8s_callout::clock::unix_now();
+    let op_jwt = natsjwt::encode(
+        &mut Claims::new(op.public_key(), now, Operator::default()),
+        &op,
+    )
+    .unwrap();
+    let acc_jwt = natsjwt::encode(
+        &mut Claims::new(acc.public_key(), now, Account::default()),
+        &op,
+    )
+    .unwrap();
+    let conf = format!(
+        "operator: {op_jwt}\nresolver: MEMORY\nresolver_preload: {{ {}: {acc_jwt} }}\n",
+        acc.public_key()
+    );
+    (NatsServer::start(&conf), acc)
+}
+
+fn user_creds(account: &nkeys::KeyPair) -> String {
+    use nats_k8s_callout::natsjwt::{self, Claims, User};
+    let user = nkeys::KeyPair::new_user();
+    let mut claims = Claims::new(
+        user.public_key(),
+        nats_k8s_callout::clock::unix_now(),
+        User::default(),
+    );
+    let jwt = natsjwt::encode(&mut claims, account).unwrap();
+    natsjwt::creds_text(&jwt, &user.seed().unwrap())
+}
+
+#[test]
+fn creds_file_auth_rereads_the_file_on_every_connect() {
+    let (srv, acc) = operator_server();
+    let path = srv.dir().join("user.creds");
+    std::fs::write(&path, user_creds(&acc)).unwrap();
+    let mut o = opts(&[srv.url()]);
+    o.auth = Auth::CredsFile(path.clone());
+    let c = Connection::connect(o.clone()).unwrap();
+    assert!(c.server_info().unwrap().nonce.is_some());
+    assert_round_trip(&c, "creds.a");
+
+    // a user of an account the server does not know: refused
+    let stranger = nkeys::KeyPair::new_account();
+    std::fs::write(&path, user_creds(&stranger)).unwrap();
+    let e = Connection::connect(o.clone()).unwrap_err();
+    assert_eq!(e.code(), "authorization_violation", "{e}");
+
+    // a valid JWT with somebody else's seed: the nonce signature does not match
+    let good = user_creds(&acc);
+    let other_seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let jwt_line = good.lines().nth(1).unwrap();
+    std::fs::write(
+        &path,
+        nats_k8s_callout::natsjwt::creds_text(jwt_line, &other_seed),
+    )
+    .unwrap();
+    let e = Connection::connect(o.clone()).unwrap_err();
+    assert_eq!(e.code(), "authorization_violation", "{e}");
+
+    std::fs::write(&path, good).unwrap();
+    assert_round_trip(&Connection::connect(o.clone()).unwrap(), "creds.b");
+
+    std::fs::remove_file(&path).unwrap();
+    let e = Connection::connect(o).unwrap_err();
+    assert_eq!(e.code(), "credentials", "{e}");
+}
+
+#[test]
+fn payload_over_the_server_limit_is_refused_locally() {
+    let srv = NatsServer::start("max_payload: 1024");
+    let c = connect(&srv.url());
+    assert_eq!(c.server_info().unwrap().max_payload, 1024);
+    let sub = c.subscribe("big", None, 4).unwrap();
+    c.flush(WAIT).unwrap();
+    let e = c.publish("big", None, &[7u8; 1025]).unwrap_err();
+    assert_eq!(e.code(), "payload_too_large");
+    let mut h = Headers::new();
+    h.insert("K", "v");
+    let e = c
+        .publish_with_headers("big", None, &h, &[7u8; 1020])
+        .unwrap_err();
+    assert_eq!(e.code(), "payload_too_large");
+    c.publish("big", None, &[7u8; 1024]).unwrap();
+    assert_eq!(recv(&sub).payload.len(), 1024);
+    assert!(c.is_connected());
 }

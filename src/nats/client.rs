@@ -109,8 +109,9 @@ struct Inner {
     connected: AtomicBool,
     closed: AtomicBool,
     draining: AtomicBool,
-    /// Count of `-ERR`s received, and the text of the last one.
+    /// Count of `-ERR`s received, the count already reported by a flush, and the last text.
     err_seq: AtomicU64,
+    err_reported: AtomicU64,
     last_error: Mutex<Option<String>>,
     wake: (Mutex<()>, Condvar),
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -368,6 +369,7 @@ impl Connection {
             closed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             err_seq: AtomicU64::new(0),
+            err_reported: AtomicU64::new(0),
             last_error: Mutex::new(None),
             wake: (Mutex::new(()), Condvar::new()),
             reader: Mutex::new(None),
@@ -491,16 +493,17 @@ impl Connection {
             .unwrap_or(proto::HARD_MAX_PAYLOAD)
             .min(proto::HARD_MAX_PAYLOAD);
         let mut out = Vec::with_capacity(payload.len() + 64);
-        proto::encode_pub(&mut out, subject, reply, headers, payload)?;
-        if out.len() > max + 256 + subject.len() + reply.map_or(0, str::len) || payload.len() > max
-        {
+        let size = proto::encode_pub(&mut out, subject, reply, headers, payload)?;
+        if size > max {
             return Err(Error::PayloadTooLarge);
         }
         inner.write(&out)
     }
 
     /// Round trip PING→PONG: every operation written before has been processed by the server.
-    /// Returns the server's `-ERR` (e.g. a permissions violation) if one arrived meanwhile.
+    /// Returns the server's `-ERR` (e.g. a permissions violation) if one arrived since the
+    /// previous flush returned (the server sends it before the PONG, so an error caused by an
+    /// earlier publish is never missed; with concurrent flushes only one of them reports it).
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
         self.inner().flush(timeout)
     }
@@ -658,7 +661,6 @@ impl Inner {
             return Err(Error::Closed);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let seq = self.err_seq.load(Ordering::SeqCst);
         {
             let mut w = lock(&self.writer);
             let link = w.link.as_mut().ok_or(Error::NotConnected)?;
@@ -670,7 +672,8 @@ impl Inner {
         }
         match rx.recv_timeout(timeout) {
             Ok(()) => {
-                if self.err_seq.load(Ordering::SeqCst) != seq {
+                let seq = self.err_seq.load(Ordering::SeqCst);
+                if self.err_reported.swap(seq, Ordering::SeqCst) != seq {
                     let text = lock(&self.last_error).clone().unwrap_or_default();
                     return Err(Error::Server(text));
                 }
@@ -905,7 +908,15 @@ impl Inner {
             ServerOp::Info(info) => {
                 self.merge_connect_urls(&info);
                 let ldm = info.ldm;
-                *lock(&self.info) = Some(*info);
+                let mut info = *info;
+                let mut cur = lock(&self.info);
+                // A later INFO (connect_info, cluster changes) carries no nonce; keep the one
+                // this connection was authenticated with.
+                if info.nonce.is_none() {
+                    info.nonce = cur.as_ref().and_then(|i| i.nonce.clone());
+                }
+                *cur = Some(info);
+                drop(cur);
                 if ldm {
                     log::warn!(reason = "lame_duck"; "NATS server entered lame duck mode, moving");
                     return Err(Error::Server("lame duck mode".into()));
