@@ -679,3 +679,58 @@ fn payload_over_the_server_limit_is_refused_locally() {
     assert_eq!(recv(&sub).payload.len(), 1024);
     assert!(c.is_connected());
 }
+
+#[test]
+fn tls_connection_reconnects_after_restart() {
+    let mut srv = NatsServer::start(&configs::tls(true));
+    let c = Connection::connect(tls_opts(srv.url(), Some("ca.pem"), true)).unwrap();
+    let sub = c.subscribe("tls.re", None, 4).unwrap();
+    c.flush(WAIT).unwrap();
+    let reconnects = nats_k8s_callout::metrics::global().counter(
+        nats_k8s_callout::nats::METRIC_RECONNECTS,
+        "",
+        &[],
+    );
+    let before = reconnects.get();
+    srv.restart();
+    wait_until("disconnect noticed", || {
+        !c.is_connected() || reconnects.get() > before
+    });
+    wait_until("reconnect", || c.is_connected());
+    assert!(reconnects.get() > before);
+    c.flush(WAIT).unwrap();
+    c.publish("tls.re", None, b"again").unwrap();
+    assert_eq!(recv(&sub).payload, b"again");
+}
+
+#[test]
+fn oversized_connect_is_reported_as_max_control_line() {
+    let srv = NatsServer::start(&configs::token(&"t".repeat(5000)));
+    let mut o = opts(&[srv.url()]);
+    o.auth = Auth::Token(Secret::new("t".repeat(5000)));
+    let e = Connection::connect(o.clone()).unwrap_err();
+    assert_eq!(e.code(), "max_control_line_exceeded", "{e}");
+    assert!(!e.to_string().contains("tttttttt"));
+    // and works once the server allows longer lines
+    let srv = NatsServer::start(&format!(
+        "max_control_line: 8192\n{}",
+        configs::token(&"t".repeat(5000))
+    ));
+    o.servers = vec![srv.url()];
+    assert_round_trip(&Connection::connect(o).unwrap(), "big.token");
+}
+
+#[test]
+fn connection_and_subscription_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Connection>();
+    check::<nats_k8s_callout::nats::Subscription>();
+    let o = Options {
+        auth: Auth::UserPassword {
+            user: "u".into(),
+            password: Secret::new("pw-never-printed"),
+        },
+        ..Options::new(vec!["nats://127.0.0.1:1".into()])
+    };
+    assert!(!format!("{o:?}").contains("pw-never-printed"));
+}
