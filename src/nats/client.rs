@@ -161,9 +161,25 @@ impl Subscription {
     pub fn sid(&self) -> u64 {
         self.sid
     }
-    /// Stops delivery (UNSUB); messages already in the channel stay readable.
+    /// Stops delivery at once (UNSUB); messages already in the channel stay readable, then the
+    /// channel reports disconnected. Messages still in flight from the server are discarded.
     pub fn unsubscribe(&self) {
         self.conn.inner().unsubscribe(self.sid);
+    }
+
+    /// Graceful stop: UNSUB, wait (up to `timeout`) for the server to confirm with a PONG while
+    /// still delivering what it sent before, then close the channel (readable until empty).
+    /// The subscription is closed in every case.
+    pub fn drain(&self, timeout: Duration) -> Result<(), Error> {
+        let inner = self.conn.inner();
+        let mut out = Vec::new();
+        proto::encode_unsub(&mut out, self.sid);
+        let result = inner.write(&out).and_then(|_| inner.flush(timeout));
+        lock(&inner.subs).remove(&self.sid);
+        match result {
+            Err(Error::Server(_)) => Ok(()),
+            other => other,
+        }
     }
 }
 
