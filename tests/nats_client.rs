@@ -765,3 +765,49 @@ fn subscription_drain_keeps_in_flight_messages() {
     assert_eq!(sub.dropped(), 0);
     assert!(c.is_connected());
 }
+
+#[test]
+fn learns_cluster_peers_from_info_and_fails_over_to_them() {
+    let mut servers = NatsServer::cluster(2, "");
+    let b_url = servers[1].url();
+    let c = connect(&servers[0].url());
+    let sub = c.subscribe("cl", None, 4).unwrap();
+    c.flush(WAIT).unwrap();
+    wait_until("connect_urls announce the peer", || {
+        c.server_info()
+            .is_some_and(|i| i.connect_urls.iter().any(|u| b_url.ends_with(u.as_str())))
+    });
+    servers[0].stop();
+    wait_until("failover to the announced peer", || {
+        c.is_connected() && c.current_server() == b_url
+    });
+    c.flush(WAIT).unwrap();
+    let other = connect(&b_url);
+    other.publish("cl", None, b"via b").unwrap();
+    other.flush(WAIT).unwrap();
+    assert_eq!(recv(&sub).payload, b"via b");
+}
+
+#[test]
+fn garbage_from_the_server_drops_the_link_without_panicking() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let holder = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&b[..n]);
+        }
+        s.write_all(b"PONG\r\nMSG a 1 99999999999\r\n").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let c = Connection::connect(opts(&[url])).unwrap();
+    wait_until("link dropped", || !c.is_connected());
+    c.close();
+    holder.join().unwrap();
+}

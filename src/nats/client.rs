@@ -728,10 +728,18 @@ impl Inner {
         self.connected.store(false, Ordering::SeqCst);
         lock(&self.subs).clear();
         self.wake.1.notify_all();
+        // Wait briefly for the reader to finish; one stuck in a connect attempt is left to end
+        // on its own (it sees `closed` and drops what it connected), so close never blocks long.
         let h = lock(&self.reader).take();
         if let Some(h) = h {
             if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while !h.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if h.is_finished() {
+                    let _ = h.join();
+                }
             }
         }
     }

@@ -121,6 +121,28 @@ impl NatsServer {
         Self::start_inner(config_text, true)
     }
 
+    /// Starts `n` servers routed into one cluster (named `test`, servers `s0`, `s1`, …), each
+    /// with `config_text` too. Clients of one learn the others from INFO `connect_urls`.
+    pub fn cluster(n: usize, config_text: &str) -> Vec<NatsServer> {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| quote(&format!("nats-route://127.0.0.1:{p}")))
+                    .collect();
+                let conf = format!(
+                    "server_name: s{i}\ncluster {{ name: test, listen: \"127.0.0.1:{}\", routes: [ {} ] }}\n{config_text}",
+                    cluster_ports[i],
+                    routes.join(", ")
+                );
+                Self::start_inner(&conf, false)
+            })
+            .collect()
+    }
+
     fn start_inner(config_text: &str, monitor: bool) -> NatsServer {
         let bin = nats_server_bin();
         let dir = temp_dir("nats-server");
