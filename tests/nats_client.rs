@@ -811,3 +811,35 @@ fn garbage_from_the_server_drops_the_link_without_panicking() {
     c.close();
     holder.join().unwrap();
 }
+
+/// `num_connections` from the server's monitor (`/connz`).
+fn monitor_connections(srv: &NatsServer) -> u64 {
+    use std::io::Write;
+    let port = srv.monitor_port().expect("monitor enabled");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let json = &body[body.find("\r\n\r\n").expect("http response") + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["num_connections"].as_u64().unwrap()
+}
+
+#[test]
+fn dropping_the_last_handle_closes_the_connection() {
+    let srv = NatsServer::start_with_monitor("");
+    assert_eq!(monitor_connections(&srv), 0);
+    let c = connect(&srv.url());
+    let sub = c.subscribe("x", None, 1).unwrap();
+    let c2 = c.clone();
+    drop(c);
+    c2.flush(WAIT).unwrap();
+    assert_eq!(monitor_connections(&srv), 1);
+    drop(c2);
+    // the subscription still holds the connection
+    assert_eq!(monitor_connections(&srv), 1);
+    drop(sub);
+    wait_until("server sees the close", || monitor_connections(&srv) == 0);
+}
