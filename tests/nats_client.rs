@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nats_k8s_callout::nats::{Auth, Connection, Error, Headers, Message, Options, TlsOptions};
 use nats_k8s_callout::secret::Secret;
 use nats_k8s_callout::testkit::nats_server::{
-    configs, tls_fixtures_dir, CalloutConfig, NatsServer,
+    configs, tls_fixtures_dir, CalloutServerConfig, NatsServer,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -549,7 +549,7 @@ fn lame_duck_moves_to_another_server() {
 fn callout_config_is_accepted_by_the_server() {
     let issuer = nkeys::KeyPair::new_account();
     let xkey = nkeys::XKey::new();
-    let conf = CalloutConfig::new(issuer.public_key(), "authpw")
+    let conf = CalloutServerConfig::new(issuer.public_key(), "authpw")
         .xkey(xkey.public_key())
         .timeout_secs(0.5)
         .render();

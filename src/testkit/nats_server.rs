@@ -367,7 +367,7 @@ pub mod configs {
 /// `accounts { AUTH {users:[{user: auth, password: ...}]} APP {} SYS {} }`,
 /// `system_account`, `authorization { timeout, auth_callout { issuer, account, auth_users, xkey } }`.
 #[derive(Debug, Clone)]
-pub struct CalloutConfig {
+pub struct CalloutServerConfig {
     /// Public account nkey (`A…`) whose seed the service holds.
     pub issuer: String,
     pub auth_user: String,
@@ -384,9 +384,9 @@ pub struct CalloutConfig {
     pub extra: String,
 }
 
-impl CalloutConfig {
+impl CalloutServerConfig {
     pub fn new(issuer: impl Into<String>, auth_password: impl Into<String>) -> Self {
-        CalloutConfig {
+        CalloutServerConfig {
             issuer: issuer.into(),
             auth_user: "auth".into(),
             auth_password: auth_password.into(),
@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn callout_config_shape() {
-        let c = CalloutConfig::new("ABC", "pw").xkey("XYZ").render();
+        let c = CalloutServerConfig::new("ABC", "pw").xkey("XYZ").render();
         for want in [
             "AUTH { users: [ { user: \"auth\", password: \"pw\" } ] }",
             "APP {}",
@@ -493,6 +493,6 @@ mod tests {
         ] {
             assert!(c.contains(want), "missing {want} in\n{c}");
         }
-        assert!(!CalloutConfig::new("A", "p").render().contains("xkey"));
+        assert!(!CalloutServerConfig::new("A", "p").render().contains("xkey"));
     }
 }
