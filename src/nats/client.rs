@@ -831,7 +831,14 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    log::warn!(server = addr.to_string().as_str(), reason = e.code(); "NATS reconnect failed: {e}")
+                    // One warning per server per outage (and a reminder now and then), not one
+                    // per attempt.
+                    let level = if failures < n || failures % (n * 50) == 0 {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    };
+                    log::log!(level, server = addr.to_string().as_str(), reason = e.code(), attempt = failures + 1; "NATS reconnect failed: {e}")
                 }
             }
             idx += 1;
