@@ -844,3 +844,15 @@ fn dropping_the_last_handle_closes_the_connection() {
     drop(sub);
     wait_until("server sees the close", || monitor_connections(&srv) == 0);
 }
+
+#[test]
+fn nkey_auth_refuses_to_connect_without_a_nonce() {
+    // A server without nkey users sends no nonce: we refuse rather than send an unsigned
+    // CONNECT.
+    let srv = NatsServer::start("");
+    assert!(connect(&srv.url()).server_info().unwrap().nonce.is_none());
+    let mut o = opts(&[srv.url()]);
+    o.auth = Auth::NkeySeed(Secret::new(nkeys::KeyPair::new_user().seed().unwrap()));
+    let e = Connection::connect(o).unwrap_err();
+    assert_eq!(e.code(), "credentials", "{e}");
+}
