@@ -97,7 +97,7 @@ fn config_world(xkey: bool, timeout_secs: f64, tweak: impl FnOnce(&mut CalloutCo
     let issuer = KeyPair::new_account();
     let service_x = xkey.then(XKey::new);
     let mut sc =
-        nats_server::CalloutConfig::new(issuer.public_key(), "test-pw").timeout_secs(timeout_secs);
+        nats_server::CalloutServerConfig::new(issuer.public_key(), "test-pw").timeout_secs(timeout_secs);
     if let Some(x) = &service_x {
         sc = sc.xkey(x.public_key());
     }
