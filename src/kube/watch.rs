@@ -168,6 +168,16 @@ pub fn watch_once(
     }
     let stream = client.open_stream(&path, cfg.watch_idle, Duration::from_secs(timeout + 30))?;
     on_open();
+    consume(stream, shared, rv, ctl)
+}
+
+/// Applies a stream of watch events (JSON values, any chunking) until EOF, error or stop.
+pub fn consume(
+    stream: impl std::io::Read,
+    shared: &Shared,
+    rv: &mut String,
+    ctl: &Control,
+) -> Result<WatchEnd, ApiError> {
     let mut events = 0u64;
     for ev in serde_json::Deserializer::from_reader(stream).into_iter::<Event>() {
         if ctl.is_stopped() {
@@ -315,5 +325,119 @@ fn failed(shared: &Shared, e: &ApiError, what: &str) {
         ErrorKind::Unauthorized => log::error!(kind = e.kind.as_str(), op = what;
             "Kubernetes API rejected our token; re-reading the token file: {}", e.message),
         _ => log::warn!(kind = e.kind.as_str(), op = what; "Kubernetes API error: {}", e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::cache::{cache_key, CacheConfig};
+    use std::io::Read;
+
+    /// Hands out one byte per read: chunk boundaries everywhere.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.split_first() {
+                Some((b, rest)) if !buf.is_empty() => {
+                    buf[0] = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    fn shared_with(items: &[(&str, &str, &str)]) -> Shared {
+        let s = Shared::new(
+            CacheConfig {
+                annotation_prefix: "nats.example.io/".into(),
+                ..CacheConfig::default()
+            },
+            None,
+        );
+        let map = items
+            .iter()
+            .map(|(ns, n, uid)| {
+                let rec = super::super::cache::SaRecord {
+                    uid: uid.to_string(),
+                    annotations: vec![],
+                    deleting: false,
+                    resource_version: "1".into(),
+                };
+                (cache_key(ns, n), Arc::new(rec))
+            })
+            .collect();
+        s.replace_all(map);
+        s
+    }
+
+    const STREAM: &str = r#"{"type":"ADDED","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"name":"reporter","namespace":"shop","uid":"u-rep","resourceVersion":"1305"}}}
+{"type":"MODIFIED","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"name":"orders-api","namespace":"shop","uid":"u-ord","resourceVersion":"1310","annotations":{"nats.example.io/publish":"orders.>, audit.orders","x/y":"z"},"managedFields":[{"manager":"m","fieldsV1":{"f:x":{}}}]},"automountServiceAccountToken":false}}
+{"type":"BOOKMARK","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"resourceVersion":"1315","creationTimestamp":null}}}
+{"type":"DELETED","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"name":"invoicer","namespace":"billing","uid":"u-inv","resourceVersion":"1320"}}}
+"#;
+
+    #[test]
+    fn events_apply_with_chunk_boundaries_anywhere() {
+        let s = shared_with(&[
+            ("shop", "orders-api", "u-ord"),
+            ("billing", "invoicer", "u-inv"),
+        ]);
+        let mut rv = "1300".to_string();
+        let end = consume(Trickle(STREAM.as_bytes()), &s, &mut rv, &Control::default()).unwrap();
+        assert_eq!(end, WatchEnd::Eof { events: 4 });
+        assert_eq!(rv, "1320");
+        assert!(s.get_cached("billing", "invoicer").is_none());
+        assert_eq!(s.get_cached("shop", "reporter").unwrap().uid, "u-rep");
+        let o = s.get_cached("shop", "orders-api").unwrap();
+        assert_eq!(
+            o.annotations,
+            vec![(
+                "nats.example.io/publish".into(),
+                "orders.>, audit.orders".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_bookmark_only_moves_the_rv_and_a_cut_event_is_not_applied() {
+        let s = shared_with(&[("shop", "orders-api", "u-ord")]);
+        let mut rv = "1".to_string();
+        let cut = &STREAM[..STREAM.find("\"DELETED\"").unwrap() + 30];
+        let err = consume(Trickle(cut.as_bytes()), &s, &mut rv, &Control::default()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Transport);
+        assert_eq!(rv, "1315", "RV of the last complete event (the bookmark)");
+        assert_eq!(s.len(), 2, "the half DELETED was not applied");
+    }
+
+    #[test]
+    fn error_events_map_to_relist_or_backoff() {
+        let s = shared_with(&[]);
+        let mut rv = "1".to_string();
+        let gone = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1300 (1450)","reason":"Expired","code":410}}"#;
+        let e = consume(gone.as_bytes(), &s, &mut rv, &Control::default()).unwrap_err();
+        assert!(e.kind.needs_relist());
+        let old = r#"{"type":"ERROR","object":{"kind":"Status","reason":"Gone","code":0}}"#;
+        assert_eq!(
+            consume(old.as_bytes(), &s, &mut rv, &Control::default())
+                .unwrap_err()
+                .kind,
+            ErrorKind::Gone
+        );
+        let other =
+            r#"{"type":"ERROR","object":{"kind":"Status","reason":"InternalError","code":500}}"#;
+        let e = consume(other.as_bytes(), &s, &mut rv, &Control::default()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Server);
+        assert!(!e.kind.needs_relist());
+        let junk = "{\"type\":\"ADDED\"} nonsense";
+        assert_eq!(
+            consume(junk.as_bytes(), &s, &mut rv, &Control::default())
+                .unwrap_err()
+                .kind,
+            ErrorKind::Decode
+        );
+        assert_eq!(rv, "1");
     }
 }
