@@ -573,3 +573,54 @@ fn memory_for_100k_service_accounts() {
         "cache uses {delta} KiB for {N} accounts"
     );
 }
+
+#[test]
+fn server_timeout_rewatches_without_error_and_a_silent_stream_trips_the_idle_guard() {
+    // Server closes after timeoutSeconds: a clean EOF, re-watched from the last RV.
+    let d = K8sDouble::start(DoubleOptions::default()).unwrap();
+    seed7(&d);
+    let s = start_cache(
+        &d,
+        CacheConfig {
+            watch_timeout: Duration::from_secs(1),
+            ..cfg()
+        },
+    );
+    assert!(s.cache.wait_synced(Duration::from_secs(5)));
+    eventually(
+        "re-watch after the server timeout",
+        Duration::from_secs(5),
+        || s.cache.status().watch_restarts >= 2,
+    );
+    let st = s.cache.status();
+    assert!(st.api_errors.is_empty(), "{st:?}");
+    assert_eq!(st.relists, 1);
+    let late = d.create_sa("shop", "late", &[]);
+    eventually("event on a later watch", Duration::from_secs(5), || {
+        uid_of(&s.cache, "shop", "late") == Some(late.uid.clone())
+    });
+
+    // No bookmarks, no events: the per-read idle guard ends the watch.
+    let quiet = K8sDouble::start(DoubleOptions {
+        bookmark_period: None,
+        ..DoubleOptions::default()
+    })
+    .unwrap();
+    seed7(&quiet);
+    let q = start_cache(
+        &quiet,
+        CacheConfig {
+            watch_idle: Duration::from_millis(500),
+            ..cfg()
+        },
+    );
+    assert!(q.cache.wait_synced(Duration::from_secs(5)));
+    eventually("idle guard fired", Duration::from_secs(5), || {
+        let st = q.cache.status();
+        st.watch_restarts >= 1 && st.api_errors.iter().any(|(k, _)| *k == "transport")
+    });
+    let x = quiet.create_sa("shop", "x", &[]);
+    eventually("still receives events", Duration::from_secs(5), || {
+        uid_of(&q.cache, "shop", "x") == Some(x.uid.clone())
+    });
+}
