@@ -350,7 +350,11 @@ impl KubeClient {
         idle: Duration,
         total: Duration,
     ) -> Result<Stream, ApiError> {
-        let req = self.request(&self.watch, path_and_query)?;
+        // A watch connection is never reused: the server may close it right after the stream
+        // ends, and a pooled dead connection would cost a spurious error and a backoff.
+        let req = self
+            .request(&self.watch, path_and_query)?
+            .header("Connection", "close");
         let resp = req
             .config()
             .timeout_per_read(Some(idle))
