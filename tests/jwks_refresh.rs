@@ -338,6 +338,36 @@ fn concurrent_lookups_share_one_in_flight_fetch() {
 }
 
 #[test]
+fn unknown_kid_lookup_waits_a_bounded_time_and_the_fetch_still_lands() {
+    let fake = Fake::start(&read("k8s-testkeys/jwks-only-other.json"));
+    let store = url_store(
+        &fake,
+        StoreConfig {
+            unknown_kid_min_interval: Duration::from_secs(60),
+            in_flight_wait: Duration::from_millis(200),
+            ..fast()
+        },
+    );
+    store.refresh(K8S_ISS).unwrap();
+    fake.set(|s| {
+        s.jwks = read("k8s-testkeys/jwks-rotated.json");
+        s.delay = Duration::from_secs(2);
+    });
+    let v = validator(&store);
+    let pod = read("k8s-testkeys/valid_rs256_pod.jwt");
+    let t = Instant::now();
+    assert_eq!(v.validate(&pod, NOW).unwrap_err(), TokenError::UnknownKid);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "the lookup must not wait for the slow server: {:?}",
+        t.elapsed()
+    );
+    // The client's retry is served by the fetch that went on in the background.
+    eventually("background fetch lands", || v.validate(&pod, NOW).is_ok());
+    assert_eq!(fake.hits(), 2);
+}
+
+#[test]
 fn outages_and_bad_answers_keep_the_last_good_keys() {
     let mut fake = Fake::start(&read("k8s-testkeys/jwks.json"));
     fake.set(|s| s.cache_control = Some("max-age=0".into()));

@@ -148,11 +148,11 @@ impl Fetcher {
         let agent = match &source {
             KeySource::Jwks { url, http, bearer } => {
                 check_url(url, bearer.is_some())?;
-                Some(httpclient::agent(http)?)
+                Some(httpclient::agent(&bounded(http))?)
             }
             KeySource::Discovery { http, bearer } => {
                 check_url(issuer, bearer.is_some())?;
-                Some(httpclient::agent(http)?)
+                Some(httpclient::agent(&bounded(http))?)
             }
             KeySource::File(_) => None,
         };
@@ -243,6 +243,17 @@ impl Fetcher {
     /// Forget the file stamp, so a file whose content failed to load is read again.
     pub fn forget_file_stamp(&self) {
         *self.file_stamp.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Key fetches always have deadlines: defaults fill whatever the caller left open.
+fn bounded(http: &HttpSettings) -> HttpSettings {
+    let d = default_http(None);
+    HttpSettings {
+        ca_file: http.ca_file.clone(),
+        connect_timeout: http.connect_timeout.or(d.connect_timeout),
+        total_timeout: http.total_timeout.or(d.total_timeout),
+        response_timeout: http.response_timeout.or(d.response_timeout),
     }
 }
 
