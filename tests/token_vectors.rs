@@ -639,6 +639,12 @@ fn minted_shape_and_algorithm_attacks() {
         &claims(NOW, |_| {}),
     );
     assert_eq!(code(&mismatch, NOW), "unknown_kid");
+    // An empty kid counts as none (kube): every fitting key is tried.
+    let empty_kid = m.rs256(
+        &json!({"alg": "RS256", "kid": ""}).to_string(),
+        &claims(NOW, |_| {}),
+    );
+    assert_eq!(code(&empty_kid, NOW), "accept");
     let unknown = m.rs256(
         &json!({"alg": "RS256", "kid": "nope"}).to_string(),
         &claims(NOW, |_| {}),

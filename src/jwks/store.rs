@@ -322,9 +322,17 @@ impl KeyStore {
             return Err(JwksError::NoUsableKeys);
         }
         let n = set.len();
+        let changed = {
+            let old = slot.current();
+            old.len() != n || !old.kids().eq(set.kids())
+        };
         *slot.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         slot.metrics.keys.set(n as i64);
-        log::info!(issuer = issuer, keys = n, skipped = skipped.len(); "JWKS loaded");
+        if changed {
+            log::info!(issuer = issuer, keys = n, skipped = skipped.len(); "JWKS loaded: key ids changed");
+        } else {
+            log::debug!(issuer = issuer, keys = n; "JWKS refreshed: same key ids");
+        }
         Ok(())
     }
 }
