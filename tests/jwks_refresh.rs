@@ -10,6 +10,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nats_k8s_callout::httpclient::HttpSettings;
 use nats_k8s_callout::jwks::{
     default_http, start_refresher, IssuerSource, JwksError, KeySource, KeyStore, StoreConfig,
 };
@@ -175,7 +176,11 @@ fn url_store(fake: &Fake, cfg: StoreConfig) -> Arc<KeyStore> {
             issuer: K8S_ISS.into(),
             source: KeySource::Jwks {
                 url: fake.jwks_url(),
-                http: default_http(None),
+                // Short deadlines: a pooled connection to a stopped fake hangs until them.
+                http: HttpSettings {
+                    total_timeout: Some(Duration::from_secs(2)),
+                    ..default_http(None)
+                },
                 bearer: None,
             },
         }],
@@ -344,21 +349,21 @@ fn unknown_kid_lookup_waits_a_bounded_time_and_the_fetch_still_lands() {
         &fake,
         StoreConfig {
             unknown_kid_min_interval: Duration::from_secs(60),
-            in_flight_wait: Duration::from_millis(200),
+            in_flight_wait: Duration::from_millis(100),
             ..fast()
         },
     );
     store.refresh(K8S_ISS).unwrap();
     fake.set(|s| {
         s.jwks = read("k8s-testkeys/jwks-rotated.json");
-        s.delay = Duration::from_secs(2);
+        s.delay = Duration::from_millis(1200);
     });
     let v = validator(&store);
     let pod = read("k8s-testkeys/valid_rs256_pod.jwt");
     let t = Instant::now();
     assert_eq!(v.validate(&pod, NOW).unwrap_err(), TokenError::UnknownKid);
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
+        t.elapsed() < Duration::from_millis(1000),
         "the lookup must not wait for the slow server: {:?}",
         t.elapsed()
     );
