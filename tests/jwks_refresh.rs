@@ -571,3 +571,62 @@ fn store_setup_refuses_unsafe_or_ambiguous_sources() {
         .unwrap_err()
         .contains("no key source"));
 }
+
+#[test]
+fn several_issuers_each_with_their_own_keys() {
+    let fake = Fake::start(&read("k8s-testkeys/jwks.json"));
+    let dir = std::env::temp_dir().join(format!("jwks-multi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let eks_file = dir.join("eks.json");
+    let eks: serde_json::Value = serde_json::from_str(&read("eks-peer/expected.json")).unwrap();
+    let eks_iss = eks["issuer"].as_str().unwrap();
+    let store = KeyStore::new(
+        vec![
+            IssuerSource {
+                issuer: K8S_ISS.into(),
+                source: KeySource::Jwks {
+                    url: fake.jwks_url(),
+                    http: default_http(None),
+                    bearer: None,
+                },
+            },
+            IssuerSource {
+                issuer: eks_iss.into(),
+                source: KeySource::File(eks_file.clone()),
+            },
+        ],
+        fast(),
+    )
+    .unwrap();
+    let handle = start_refresher(store.clone()).unwrap();
+    eventually("first issuer loaded", || {
+        store.key_set(K8S_ISS).is_some_and(|k| !k.is_empty())
+    });
+    assert!(!store.ready(), "ready only when every issuer has keys");
+    std::fs::write(&eks_file, read("eks-peer/jwks.json")).unwrap();
+    eventually("both issuers loaded", || store.ready());
+    assert_eq!(store.key_set(eks_iss).unwrap().len(), 13);
+
+    let cfg = TokenConfig::new(
+        vec![K8S_ISS.into(), eks_iss.into()],
+        vec!["nats".into(), "sts.amazonaws.com".into()],
+    );
+    let v = Validator::new(cfg, store.clone()).unwrap();
+    assert!(v
+        .validate(&read("k8s-testkeys/valid_rs256_pod.jwt"), NOW)
+        .is_ok());
+    let eks_tok = read("eks-peer/token.jwt");
+    let eks_now = eks["iat"].as_u64().unwrap() + 10;
+    assert_eq!(v.validate(&eks_tok, eks_now).unwrap().namespace, "hakawai");
+    // A token is only ever checked against its own issuer's keys: the no-kid k8s token fails
+    // once its issuer has only foreign keys, even though another issuer holds the right key.
+    fake.set(|s| s.jwks = read("eks-peer/jwks.json"));
+    store.refresh(K8S_ISS).unwrap();
+    assert_eq!(
+        v.validate(&read("k8s-testkeys/valid_rs256_no_kid.jwt"), NOW)
+            .unwrap_err(),
+        TokenError::Signature
+    );
+    handle.stop();
+    std::fs::remove_dir_all(&dir).ok();
+}
