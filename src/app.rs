@@ -258,11 +258,22 @@ fn register_checks(health: &Health, nats: &Arc<NatsSide>, cache: &SaCache, store
     health.register_check(
         "serviceaccounts",
         Box::new(move || {
+            // Not ready while the API cannot be reached (issue 6: readiness follows the API
+            // double going away and coming back); decisions meanwhile keep using the last
+            // known state, which the detail says.
             let st = c.status();
-            if c.is_synced() {
-                (true, format!("synced, {} ServiceAccounts", c.len()))
-            } else {
+            if !st.synced {
                 (false, format!("not synced yet ({st:?})"))
+            } else if !st.healthy {
+                (
+                    false,
+                    format!(
+                        "Kubernetes API unreachable or refusing; deciding from the last known state ({} ServiceAccounts)",
+                        st.size
+                    ),
+                )
+            } else {
+                (true, format!("synced, {} ServiceAccounts", st.size))
             }
         }),
     );
