@@ -34,7 +34,7 @@ const AUTH_PASSWORD: &str = "e2e-auth-password";
 
 enum Mode {
     Config { xkey: bool },
-    Operator { xkey: bool },
+    Operator { xkey: bool, signing_keys: bool },
 }
 
 struct World {
@@ -96,15 +96,18 @@ impl World {
                 env.insert("NATS_ACCOUNT".into(), "APP".into());
                 NatsServer::start(&conf.render())
             }
-            Mode::Operator { xkey } => {
-                let setup = OperatorSetup::generate(OperatorOptions {
-                    xkey,
-                    signing_keys: false,
-                });
+            Mode::Operator { xkey, signing_keys } => {
+                let setup = OperatorSetup::generate(OperatorOptions { xkey, signing_keys });
                 let creds = write(&dir, "service.creds", &setup.service_creds);
-                let app_seed = write(&dir, "app.seed", &setup.app_account.seed().unwrap());
-                let callout_seed =
-                    write(&dir, "callout.seed", &setup.callout_account.seed().unwrap());
+                // With signing keys, the app account's signing key issues the users and the
+                // callout account's signing key signs the responses.
+                let app_signer = setup.app_signing_key.as_ref().unwrap_or(&setup.app_account);
+                let callout_signer = setup
+                    .callout_signing_key
+                    .as_ref()
+                    .unwrap_or(&setup.callout_account);
+                let app_seed = write(&dir, "app.seed", &app_signer.seed().unwrap());
+                let callout_seed = write(&dir, "callout.seed", &callout_signer.seed().unwrap());
                 env.insert("NATS_CREDS_FILE".into(), creds);
                 env.insert("NATS_SIGNING_KEY_FILE".into(), app_seed);
                 env.insert("NATS_RESPONSE_SIGNING_KEY_FILE".into(), callout_seed);
@@ -762,7 +765,7 @@ async fn basic_admission(w: &World) {
     let url = w.url();
     let mut orders = connect(&url, &w.token("shop", "orders-api", 600))
         .await
-        .expect("admitted");
+        .unwrap_or_else(|e| panic!("not admitted ({e}); nats-server log:\n{}", w.server.log()));
     let billing = connect(&url, &w.token("billing", "invoices", 600))
         .await
         .expect("admitted");
@@ -785,14 +788,33 @@ async fn config_mode_with_xkey() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_mode() {
-    let w = World::start(Mode::Operator { xkey: false }).await;
+    let w = World::start(Mode::Operator {
+        xkey: false,
+        signing_keys: false,
+    })
+    .await;
     basic_admission(&w).await;
     w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_mode_with_xkey() {
-    let w = World::start(Mode::Operator { xkey: true }).await;
+    let w = World::start(Mode::Operator {
+        xkey: true,
+        signing_keys: false,
+    })
+    .await;
+    basic_admission(&w).await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_mode_with_account_signing_keys() {
+    let w = World::start(Mode::Operator {
+        xkey: true,
+        signing_keys: true,
+    })
+    .await;
     basic_admission(&w).await;
     w.shutdown().await;
 }
