@@ -234,6 +234,8 @@ fn log_len(log: &Path) -> usize {
 }
 
 /// Logs in with `token`; expects a refusal with `reason` (checked in the service's log).
+/// After a change in Kubernetes the service learns it through its watch, so with `settle`
+/// the outcome may take up to 5 s to become the expected one (the step says how long).
 async fn expect_refused(
     report: &mut Report,
     title: &str,
@@ -241,26 +243,42 @@ async fn expect_refused(
     token: &str,
     reason: &str,
     log: &Path,
+    settle: bool,
 ) {
-    let mut seen = log_len(log);
-    match connect(url, token, "").await {
-        Ok(_) => report.step(
-            title,
-            &format!("refused ({reason})"),
-            false,
-            "it was admitted",
-        ),
-        Err(e) => {
-            let got = next_refusal(log, &mut seen);
-            report.step(
-                title,
-                &format!("refused ({reason})"),
-                got.as_deref() == Some(reason),
-                &format!(
+    let started = Instant::now();
+    let expected = format!("refused ({reason})");
+    loop {
+        let mut seen = log_len(log);
+        let outcome = match connect(url, token, "").await {
+            Ok(_) => Err("it was admitted".to_string()),
+            Err(e) => {
+                let got = next_refusal(log, &mut seen);
+                let detail = format!(
                     "client saw: {e}; service logged reason: {}",
                     got.as_deref().unwrap_or("(none)")
-                ),
-            );
+                );
+                if got.as_deref() == Some(reason) {
+                    Ok(detail)
+                } else {
+                    Err(detail)
+                }
+            }
+        };
+        match outcome {
+            Ok(detail) => {
+                let after = if settle {
+                    format!(" (in effect after {} ms)", started.elapsed().as_millis())
+                } else {
+                    String::new()
+                };
+                report.step(title, &expected, true, &format!("{detail}{after}"));
+                return;
+            }
+            Err(detail) if !settle || started.elapsed() >= WAIT => {
+                report.step(title, &expected, false, &detail);
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
@@ -519,7 +537,6 @@ async fn run() -> Result<Report, String> {
     println!("5. Deleted and re-created ServiceAccount");
     let old_token = token("shop", "orders-api", 600);
     double.delete_sa("shop", "orders-api");
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watch event reaches the service
     expect_refused(
         &mut report,
         "shop/orders-api (deleted) logs in",
@@ -527,10 +544,10 @@ async fn run() -> Result<Report, String> {
         &old_token,
         "sa_not_found",
         &log,
+        true,
     )
     .await;
     double.create_sa("shop", "orders-api", &[]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     expect_refused(
         &mut report,
         "shop/orders-api (re-created, new uid) logs in with a token of the deleted one",
@@ -538,6 +555,7 @@ async fn run() -> Result<Report, String> {
         &old_token,
         "sa_uid_mismatch",
         &log,
+        true,
     )
     .await;
     let fresh = connect(&url, &token("shop", "orders-api", 600), "shop").await;
@@ -558,6 +576,7 @@ async fn run() -> Result<Report, String> {
         &token("shop", "reporting", -3600),
         "expired",
         &log,
+        false,
     )
     .await;
     expect_refused(
@@ -567,6 +586,7 @@ async fn run() -> Result<Report, String> {
         &double.mint_token("shop", "reporting", &["vault"], unix_now() + 600),
         "audience",
         &log,
+        false,
     )
     .await;
 
