@@ -669,3 +669,90 @@ fn no_secret_reaches_the_json_debug_log() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Live metrics of the running service
+
+fn promtool() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("promtool"))
+            .find(|p| p.is_file())
+    })
+}
+
+#[test]
+fn live_metrics_of_the_running_service_count_decisions_and_pass_promtool() {
+    let s = setup();
+    let (run, addr) = run_service(&s, &[("LOG_FORMAT", "json")]);
+    let url = s.server.url();
+    let good = s.token("shop", "orders-api");
+    assert!(admitted(&url, &good));
+    let wrong_aud = s
+        .double
+        .mint_token("shop", "orders-api", &["vault"], unix_now() + 600);
+    assert!(!admitted(&url, &wrong_aud));
+    assert!(!admitted(&url, &wrong_aud));
+
+    let (status, body) = http_get(addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    // Its own process: the counts are exact.
+    for want in [
+        "nats_k8s_callout_decisions_total{result=\"allow\",reason=\"granted\"} 1",
+        "nats_k8s_callout_decisions_total{result=\"deny\",reason=\"audience\"} 2",
+    ] {
+        assert!(
+            body.lines().any(|l| l == want),
+            "missing {want:?} in:\n{body}"
+        );
+    }
+    assert!(body.contains("nats_k8s_callout_build_info"), "{body}");
+    assert!(
+        body.contains("nats_k8s_callout_decision_duration_seconds_bucket"),
+        "{body}"
+    );
+    for t in [&good, &wrong_aud] {
+        assert!(
+            !body.contains(t.split('.').nth(2).unwrap()),
+            "a token in /metrics"
+        );
+    }
+    // Label values are bounded: no subject, no namespace, no ServiceAccount name.
+    assert!(
+        !body.contains("orders-api"),
+        "an unbounded label value in:\n{body}"
+    );
+
+    let Some(promtool) = promtool() else {
+        if std::env::var("SKIP_PROMTOOL").as_deref() == Ok("1") {
+            eprintln!("promtool not found; skipped because SKIP_PROMTOOL=1");
+            return;
+        }
+        panic!(
+            "promtool not found on PATH: run scripts/install-deps (Debian package `prometheus`) \
+             or set SKIP_PROMTOOL=1"
+        );
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait(WAIT).status.code(), Some(0));
+}
