@@ -55,10 +55,16 @@ struct Setup {
     server: NatsServer,
     env: HashMap<String, String>,
     seed: String,
+    /// The service's curve seed when the callout requests are sealed.
+    xkey_seed: Option<String>,
     dir: Dir,
 }
 
 fn setup() -> Setup {
+    setup_with(false)
+}
+
+fn setup_with(xkey: bool) -> Setup {
     let double = K8sDouble::start(DoubleOptions::default()).unwrap();
     double.create_sa(
         "shop",
@@ -73,9 +79,13 @@ fn setup() -> Setup {
     let seed = account.seed().unwrap();
     let seed_file = dir.write("issuer.seed", &seed);
     let api_token = dir.write("api-token", &double.token());
-    let server =
-        NatsServer::start(&CalloutServerConfig::new(account.public_key(), AUTH_PASSWORD).render());
-    let env = HashMap::from([
+    let mut conf = CalloutServerConfig::new(account.public_key(), AUTH_PASSWORD);
+    let x = xkey.then(nkeys::XKey::new);
+    if let Some(x) = &x {
+        conf = conf.xkey(x.public_key());
+    }
+    let server = NatsServer::start(&conf.render());
+    let mut env = HashMap::from([
         ("NATS_URL".to_string(), server.url()),
         ("NATS_USER".into(), "auth".into()),
         ("NATS_PASSWORD".into(), AUTH_PASSWORD.into()),
@@ -90,11 +100,16 @@ fn setup() -> Setup {
         ("K8S_TOKEN_FILE".into(), api_token),
         ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
     ]);
+    let xkey_seed = x.map(|x| x.seed().unwrap());
+    if let Some(xs) = &xkey_seed {
+        env.insert("NATS_XKEY_SEED_FILE".into(), dir.write("xkey.seed", xs));
+    }
     Setup {
         double,
         server,
         env,
         seed,
+        xkey_seed,
         dir,
     }
 }
@@ -584,7 +599,7 @@ fn explain_by_token_file_and_by_name_and_check() {
 
 #[test]
 fn no_secret_reaches_the_json_debug_log() {
-    let s = setup();
+    let s = setup_with(true);
     let (run, _addr) = run_service(&s, &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "debug")]);
     let url = s.server.url();
     let good = s.token("shop", "orders-api");
@@ -657,6 +672,9 @@ fn no_secret_reaches_the_json_debug_log() {
     secrets.push(("garbage signature", "c2VjcmV0LWdhcmJhZ2Utc2ln".to_string()));
     // Seeds appear in no form: also not the seed without its prefix.
     secrets.push(("seed body", s.seed[2..].to_string()));
+    let xkey_seed = s.xkey_seed.clone().unwrap();
+    secrets.push(("xkey seed body", xkey_seed[2..].to_string()));
+    secrets.push(("xkey seed", xkey_seed));
     for (name, secret) in &secrets {
         assert!(
             !log.contains(secret.as_str()),
