@@ -19,6 +19,7 @@ use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,12 +45,27 @@ fn keep(r: impl Any + Send) {
 }
 
 /// Stops everything, the last started first.
+/// The example client while it runs (it is waited for on another thread).
+static RUST_CLIENT_PID: AtomicU32 = AtomicU32::new(0);
+
 fn cleanup() {
-    let mut all = std::mem::take(&mut *RESOURCES.lock().unwrap_or_else(|p| p.into_inner()));
+    let pid = RUST_CLIENT_PID.swap(0, Ordering::SeqCst);
+    if pid != 0 {
+        // SAFETY: kill(2) on our own child, which has not been reaped yet (its waiter clears
+        // the pid first).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    // Held until everything is stopped: a second caller (the main thread finishing while the
+    // signal thread cleans up) waits instead of returning early and ending the process
+    // halfway through.
+    let mut all = RESOURCES.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(r) = all.pop() {
         drop(r);
     }
 }
+
+/// Set once a signal arrived: the steps stop reporting (their failures are the shutdown's).
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// A temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -88,6 +104,9 @@ struct Report {
 
 impl Report {
     fn step(&mut self, title: &str, expected: &str, ok: bool, detail: &str) {
+        if STOPPING.load(Ordering::SeqCst) {
+            return;
+        }
         let mark = if ok { "\u{2714}" } else { "\u{2718}" };
         println!("  {mark} {title}");
         println!("      expected: {expected}; {detail}");
@@ -291,6 +310,7 @@ fn main() -> ExitCode {
     let signals = nats_k8s_callout::signals::install();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.recv() {
+            STOPPING.store(true, Ordering::SeqCst);
             eprintln!(
                 "\ndemo: {} received, stopping everything it started",
                 sig.name()
@@ -440,9 +460,12 @@ async fn run() -> Result<Report, String> {
     let end = Instant::now() + Duration::from_secs(30);
     while http_status(http, "/readyz") != 200 {
         if Instant::now() > end {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
             return Err(format!(
-                "the service did not become ready within 30 s; see {}",
-                log.display()
+                "the service did not become ready within 30 s; last lines of {}:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -596,6 +619,9 @@ async fn run() -> Result<Report, String> {
     }
 
     drop((orders, billing, reporting));
+    if STOPPING.load(Ordering::SeqCst) {
+        return Ok(report);
+    }
     // Show what the service counted.
     println!("\nThe service's decisions (from http://{http}/metrics):");
     for line in metrics_lines(http) {
@@ -658,14 +684,28 @@ async fn rust_client_step(report: &mut Report, double: &K8sDouble, url: &str, tm
         report.step(title, expected, false, "cannot start examples/rust_client");
         return;
     };
+    RUST_CLIENT_PID.store(child.id(), Ordering::SeqCst);
     // The kubelet would rotate the file at ~80 % of the lifetime.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rotated = double.mint_token("shop", "reporting", &["nats"], unix_now() + 600);
     let _ = std::fs::write(&token_file, rotated);
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let out = tokio::task::spawn_blocking(move || {
+        // Reads its output to the end (it exits by itself after RUN_SECONDS).
+        let mut child = child;
+        let mut stdout = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut stdout);
+        }
+        // Not reaped yet, so `cleanup` may still kill it until here.
+        RUST_CLIENT_PID.store(0, Ordering::SeqCst);
+        child.wait_with_output().map(|mut out| {
+            out.stdout = stdout.into_bytes();
+            out
+        })
+    })
+    .await
+    .ok()
+    .and_then(Result::ok);
     let Some(out) = out else {
         report.step(
             title,
