@@ -716,11 +716,11 @@ async fn session_ends_when_the_token_expires_and_a_fresh_token_readmits() {
 
     let mut expired_at = None;
     let mut reconnected = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
     while !reconnected {
         let e = tokio::time::timeout_at(deadline, events.recv())
             .await
-            .expect("expiry and reconnect within 15 s")
+            .expect("expiry and reconnect within 25 s")
             .unwrap();
         match e {
             Event::ServerError(async_nats::ServerError::Other(m))
@@ -733,9 +733,10 @@ async fn session_ends_when_the_token_expires_and_a_fresh_token_readmits() {
         }
     }
     let expired_at = expired_at.unwrap();
-    // Disconnected at the token's exp (not exp + leeway, not the 1 h maximum session).
+    // Disconnected at the token's exp, not exp + leeway (60 s) nor the maximum session (1 h);
+    // the upper bound is generous for a loaded machine.
     assert!(
-        expired_at >= exp.saturating_sub(1) && expired_at <= exp + 2,
+        expired_at >= exp.saturating_sub(1) && expired_at <= exp + 10,
         "expired at {expired_at}, token exp {exp}, connected at {connected_at}"
     );
     assert!(
