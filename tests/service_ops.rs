@@ -630,9 +630,15 @@ fn no_secret_reaches_the_json_debug_log() {
             .await
     });
     assert!(r.is_err());
-    run.signal(libc::SIGTERM);
+    // SIGINT (Ctrl-C) stops it like SIGTERM.
+    run.signal(libc::SIGINT);
     let out = run.wait(Duration::from_secs(15));
     let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "exit status after SIGINT: {log}"
+    );
 
     // The log is there, JSON, at debug, with the decisions.
     let lines: Vec<serde_json::Value> = log
