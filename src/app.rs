@@ -277,7 +277,7 @@ fn register_checks(health: &Health, nats: &Arc<NatsSide>, cache: &SaCache, store
                 (
                     false,
                     format!(
-                        "API server unreachable or refusing; serving {} cached ServiceAccounts",
+                        "Kubernetes API unreachable or refusing; deciding from the last known state ({} ServiceAccounts)",
                         c.len()
                     ),
                 )
@@ -420,6 +420,7 @@ fn callout_config(cfg: &Config) -> CalloutConfig {
     };
     let mut c = CalloutConfig::new(placement, cfg.signing_key.seed.clone());
     c.response_signing_seed = cfg.response_signing_key.as_ref().map(|k| k.seed.clone());
+    c.callout_account = operator_callout_account(cfg);
     c.xkey_seed = cfg.xkey.as_ref().map(|k| k.seed.clone());
     c.queue_group = cfg.queue_group.clone();
     c.workers = cfg.callout_workers;
@@ -429,6 +430,28 @@ fn callout_config(cfg: &Config) -> CalloutConfig {
         AdmissionLogLevel::Debug => log::Level::Debug,
     };
     c
+}
+
+/// Operator mode: the callout account is the account of the service's own NATS user, read
+/// from its `.creds` JWT (`issuer_account` when a signing key issued it, else `iss`). The
+/// server names that account as the `sub` of every request; without this, the expected `sub`
+/// would be the response signer's key, which is wrong when a signing key of the callout
+/// account signs the responses. `None` (fall back to the signer's key) in config mode or when
+/// the creds cannot be read; the connection reports unreadable creds itself.
+fn operator_callout_account(cfg: &Config) -> Option<String> {
+    let (AccountMode::Operator { .. }, NatsAuth::Creds { path }) = (&cfg.account, &cfg.nats_auth)
+    else {
+        return None;
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let (jwt, _seed) = nats::parse_creds(&text).ok()?;
+    let claims: crate::natsjwt::Claims<crate::natsjwt::User> =
+        crate::natsjwt::decode_at(jwt.expose(), crate::clock::unix_now()).ok()?;
+    Some(if claims.nats.issuer_account.is_empty() {
+        claims.iss
+    } else {
+        claims.nats.issuer_account
+    })
 }
 
 /// Our NATS client's settings.
