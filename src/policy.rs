@@ -11,6 +11,7 @@
 //!
 //! The model is documented in `docs/policy.md`; keep both in step.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use crate::metrics::Counter;
@@ -417,7 +418,10 @@ fn grant(
     mut allow: Vec<String>,
     entries: &mut Vec<EntryOutcome>,
 ) -> Vec<String> {
-    let mut seen: Vec<&str> = Vec::new();
+    // Sets, not list scans: an annotation may hold tens of thousands of entries (256 KiB),
+    // and this runs on every connect.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let defaults: HashSet<String> = allow.iter().cloned().collect();
     for raw in annotation.unwrap_or("").split(',') {
         let entry = raw.trim();
         if entry.is_empty() {
@@ -433,11 +437,10 @@ fn grant(
             Verdict::Dropped(DropReason::GuardRail(rail.clone()))
         } else if reaches_inboxes(entry) {
             Verdict::Dropped(DropReason::ReservedInbox)
-        } else if seen.contains(&entry) {
+        } else if !seen.insert(entry) {
             Verdict::Dropped(DropReason::Duplicate)
         } else {
-            seen.push(entry);
-            if !allow.iter().any(|a| a == entry) {
+            if !defaults.contains(entry) {
                 allow.push(entry.to_string());
             }
             Verdict::Kept
