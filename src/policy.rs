@@ -223,11 +223,18 @@ impl PolicyOutcome {
         })
     }
 
-    /// Logs every dropped entry (warning; duplicates at debug) and counts it in
-    /// `nats_k8s_callout_annotation_entries_dropped_total{reason}`.
+    /// Logs dropped entries (warning; duplicates at debug), at most [`MAX_LOGGED_DROPS`] per
+    /// call plus one summary line, and counts every one in
+    /// `nats_k8s_callout_annotation_entries_dropped_total{reason}`. Runs on every connect, so
+    /// an annotation full of bad entries must not turn into thousands of lines each time.
     pub fn report(&self, namespace: &str, service_account: &str) {
+        let mut total = 0usize;
         for (e, reason) in self.dropped() {
             dropped_counter(reason.code()).inc();
+            total += 1;
+            if total > MAX_LOGGED_DROPS {
+                continue;
+            }
             let entry = printable(&e.entry);
             let lvl = if matches!(reason, DropReason::Duplicate) {
                 log::Level::Debug
@@ -238,8 +245,16 @@ impl PolicyOutcome {
                 service_account = service_account, direction = e.direction.as_str(),
                 entry = entry.as_str(); "annotation entry dropped: {}", reason.detail());
         }
+        if total > MAX_LOGGED_DROPS {
+            log::warn!(namespace = namespace, service_account = service_account,
+                dropped = total, not_logged = total - MAX_LOGGED_DROPS;
+                "more annotation entries dropped than are logged one by one");
+        }
     }
 }
+
+/// Dropped annotation entries logged one by one per [`PolicyOutcome::report`].
+pub const MAX_LOGGED_DROPS: usize = 16;
 
 /// An entry made safe to log: at most 128 characters, control and non-ASCII escaped.
 fn printable(s: &str) -> String {

@@ -3,9 +3,24 @@
 //!
 //! Vectors are found at `$NATS_K8S_VECTORS_DIR`, else `<CARGO_MANIFEST_DIR>/../shared/vectors`.
 
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use nats_k8s_callout::logging::{self, MemorySink};
 use nats_k8s_callout::policy::{evaluate, PolicySettings, Verdict};
+
+/// The global logger (JSON into memory), installed once for this test binary.
+fn global_sink() -> &'static MemorySink {
+    static SINK: OnceLock<MemorySink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let sink = MemorySink::new();
+        logging::init_with_sink("debug", "json", Box::new(sink.clone())).expect("init logger");
+        sink
+    })
+}
+
+/// Tests that read the global sink run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A comma-separated annotation value of about `bytes` bytes made of distinct entries.
 fn many_entries(bytes: usize, f: impl Fn(u64) -> String) -> (String, u64) {
@@ -59,4 +74,50 @@ fn repeated_entries_are_granted_once() {
     )
     .unwrap();
     assert_eq!(o.permissions.publish.allow, vec!["shop.>", "a.b", "c.>"]);
+}
+
+/// One connection of a ServiceAccount whose annotation holds thousands of invalid entries
+/// must not write thousands of log lines (log flooding by whoever may annotate it); every
+/// dropped entry is still counted.
+#[test]
+fn dropped_entries_do_not_flood_the_log() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let sink = global_sink();
+    let (value, n) = many_entries(64 * 1024, |i| format!("bad..{i}"));
+    let o = evaluate(
+        &PolicySettings::default(),
+        "flood",
+        "writer",
+        Some(&value),
+        None,
+    )
+    .unwrap();
+    assert_eq!(o.dropped().count() as u64, n);
+    let counter = nats_k8s_callout::metrics::global().counter(
+        "nats_k8s_callout_annotation_entries_dropped_total",
+        "ServiceAccount annotation entries dropped, by reason.",
+        &[("reason", "invalid_subject")],
+    );
+    let before = counter.get();
+    sink.clear();
+    o.report("flood", "writer");
+    let out = sink.contents();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("\"namespace\":\"flood\""))
+        .collect();
+    assert!(!lines.is_empty(), "nothing logged: {out}");
+    assert!(
+        lines.len() <= 32,
+        "{} log lines for one connection",
+        lines.len()
+    );
+    // The lines that are written say how many were left out.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("\"dropped\":{n}"))),
+        "no summary with the total: {lines:?}"
+    );
+    assert!(counter.get() >= before + n, "every drop is still counted");
 }
