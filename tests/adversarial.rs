@@ -121,3 +121,700 @@ fn dropped_entries_do_not_flood_the_log() {
     );
     assert!(counter.get() >= before + n, "every drop is still counted");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Token validation and the decision: tokens minted at test time with the Kubernetes test keys.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use data_encoding::{BASE64, BASE64URL_NOPAD};
+use nats_k8s_callout::authz::Decision;
+use nats_k8s_callout::clock::FixedClock;
+use nats_k8s_callout::decision::{DecisionSettings, K8sDecider};
+use nats_k8s_callout::jwks::{IssuerSource, KeySource, KeyStore, StoreConfig};
+use nats_k8s_callout::kube::{SaCache, SaRecord};
+use nats_k8s_callout::token::validate::validate;
+use nats_k8s_callout::token::{KeySet, TokenConfig, TokenError, ValidatedToken, Validator};
+use ring::signature::{self, RsaKeyPair};
+use serde_json::{json, Value};
+
+const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
+const RSA_KID: &str = "JHJehTTTZlsspKHT-GaJxK7Kd1NQgZJu3fyK6K_QDYU";
+const RSA_N: &str = "249XwEo9k4tM8fMxV7zxOhcrP-WvXn917koM5Qr2ZXs4vo26e4ytdlrV0bQ9SlcLpQVSYjIxNfhTZdDt-ecIzshKuv1gKIxbbLQMOuK1eA_4HALyEkFgmS_tleLJrhc65tKPMGD-pKQ_xhmzRuCG51RoiMgbQxaCyYxGfNLpLAZK9L0Tctv9a0mJmGIYnIOQM4kC1A1I1n3EsXMWmeJUj7OTh_AjjCnMnkgvKT2tpKxYQ59PgDgU8Ssc7RDSmSkLxnrv-OrN80j6xrw0OjEiB4Ycr0PqfzZcvy8efTtFQ_Jnc4Bp1zUtFXt7-QeevePtQ2EcyELXE0i63T1CujRMWw";
+const EC_KID: &str = "SoABiieYuNx4UdqYvZRVeuC6SihxgLrhLy9peHMHpTc";
+const EC_X: &str = "H6cuzP8XuD5wal6wf9M6xDljTOPLX2i8uIp_C_ASqiI";
+const EC_Y: &str = "BlHnikLV9PyEd6gl8k4T_3Wwoh6xd79XLoQTh2PAi1Y";
+const SA_UID: &str = "6c0a5d1e-3f2b-4c8e-9a7d-1b2c3d4e5f60";
+const NOW: u64 = 1_800_000_000;
+
+fn vectors() -> PathBuf {
+    let dir = std::env::var_os("NATS_K8S_VECTORS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"));
+    assert!(
+        dir.join("README.md").is_file(),
+        "test vectors not found at {} (set NATS_K8S_VECTORS_DIR or place shared/ beside the repo)",
+        dir.display()
+    );
+    dir
+}
+
+fn read(rel: &str) -> String {
+    let p = vectors().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn rsa_key() -> &'static RsaKeyPair {
+    static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let pem = read("k8s-testkeys/rsa_private.pem");
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        RsaKeyPair::from_der(&BASE64.decode(b64.as_bytes()).unwrap()).unwrap()
+    })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    BASE64URL_NOPAD.encode(bytes)
+}
+
+/// `header.payload` of raw JSON texts (so duplicate keys and odd numbers survive).
+fn input(header: &str, payload: &str) -> String {
+    format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()))
+}
+
+/// RS256 over raw header and payload texts with the test key.
+fn rs256_raw(header: &str, payload: &str) -> String {
+    let input = input(header, payload);
+    let key = rsa_key();
+    let mut sig = vec![0u8; key.public().modulus_len()];
+    key.sign(
+        &signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{input}.{}", b64(&sig))
+}
+
+fn rs_header() -> String {
+    json!({"alg": "RS256", "kid": RSA_KID}).to_string()
+}
+
+fn claims(edit: impl FnOnce(&mut Value)) -> Value {
+    let mut c = json!({
+        "aud": ["nats"],
+        "exp": NOW + 600,
+        "iat": NOW,
+        "nbf": NOW,
+        "iss": K8S_ISS,
+        "kubernetes.io": {
+            "namespace": "shop",
+            "pod": {"name": "orders-api-1", "uid": "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"},
+            "serviceaccount": {"name": "orders-api", "uid": SA_UID}
+        },
+        "sub": "system:serviceaccount:shop:orders-api"
+    });
+    edit(&mut c);
+    c
+}
+
+fn token(edit: impl FnOnce(&mut Value)) -> String {
+    rs256_raw(&rs_header(), &claims(edit).to_string())
+}
+
+fn cfg() -> TokenConfig {
+    TokenConfig::new(vec![K8S_ISS.into()], vec!["nats".into()])
+}
+
+fn keys_from(jwks: &str) -> HashMap<String, Arc<KeySet>> {
+    let (set, _) = KeySet::from_jwks_json(jwks.as_bytes()).unwrap();
+    HashMap::from([(K8S_ISS.to_string(), Arc::new(set))])
+}
+
+fn k8s_keys() -> HashMap<String, Arc<KeySet>> {
+    keys_from(&read("k8s-testkeys/jwks.json"))
+}
+
+fn check(token: &str) -> Result<ValidatedToken, TokenError> {
+    validate(token, &cfg(), &k8s_keys(), NOW)
+}
+
+fn code(token: &str) -> &'static str {
+    match check(token) {
+        Ok(_) => "accept",
+        Err(e) => e.code(),
+    }
+}
+
+#[test]
+fn minted_baseline_is_accepted() {
+    let v = check(&token(|_| {})).unwrap();
+    assert_eq!((v.namespace.as_str(), v.sa_uid.as_str()), ("shop", SA_UID));
+}
+
+/// A JSON parser that let the last (or first) of two equal keys win would let a token say two
+/// things at once; every duplicate, at any depth we read, is malformed.
+#[test]
+fn duplicate_keys_anywhere_we_read_are_malformed() {
+    let base = claims(|_| {}).to_string();
+    let dup = |from: &str, to: &str| {
+        assert!(base.contains(from), "{from}");
+        rs256_raw(&rs_header(), &base.replacen(from, to, 1))
+    };
+    let cases = [
+        dup(
+            "\"namespace\":\"shop\"",
+            "\"namespace\":\"shop\",\"namespace\":\"bank\"",
+        ),
+        dup(
+            "\"namespace\":\"shop\"",
+            "\"namespace\":\"bank\",\"namespace\":\"shop\"",
+        ),
+        dup(
+            &format!("\"uid\":\"{SA_UID}\""),
+            &format!("\"uid\":\"{SA_UID}\",\"uid\":\"other\""),
+        ),
+        dup(
+            "\"name\":\"orders-api\"",
+            "\"name\":\"orders-api\",\"name\":\"admin\"",
+        ),
+        dup(
+            "\"aud\":[\"nats\"]",
+            "\"aud\":[\"nats\"],\"aud\":[\"other\"]",
+        ),
+        dup("\"sub\":", "\"sub\":\"x\",\"sub\":"),
+        dup(
+            "\"kubernetes.io\":",
+            "\"kubernetes.io\":{\"namespace\":\"bank\"},\"kubernetes.io\":",
+        ),
+    ];
+    for t in &cases {
+        assert_eq!(code(t), "malformed");
+    }
+    // In the header too: a second kid or alg.
+    let h = format!("{{\"alg\":\"RS256\",\"kid\":\"{RSA_KID}\",\"kid\":\"other\"}}");
+    assert_eq!(code(&rs256_raw(&h, &base)), "malformed");
+}
+
+/// `aud` is a string or an array of strings, nothing else; `exp`/`nbf`/`iat` are numbers.
+#[test]
+fn odd_claim_types_are_refused() {
+    for aud in [
+        json!([["nats"]]),
+        json!({"nats": true}),
+        json!(["x", ["nats"]]),
+        json!(["x", {"aud": "nats"}]),
+        json!(["nats", null]),
+        json!(true),
+    ] {
+        assert_eq!(
+            code(&token(|c| c["aud"] = aud.clone())),
+            "malformed",
+            "{aud}"
+        );
+    }
+    for aud in [
+        json!([]),
+        json!(""),
+        json!("NATS"),
+        json!("nats "),
+        json!(["nat"]),
+    ] {
+        assert_eq!(
+            code(&token(|c| c["aud"] = aud.clone())),
+            "audience",
+            "{aud}"
+        );
+    }
+    for exp in [
+        json!("1900000000"),
+        json!([1]),
+        json!({"n": 1}),
+        json!(true),
+    ] {
+        assert_eq!(
+            code(&token(|c| c["exp"] = exp.clone())),
+            "malformed",
+            "{exp}"
+        );
+    }
+    // Numbers out of f64 range do not parse at all.
+    let base = claims(|_| {}).to_string();
+    let huge = base.replacen(&format!("\"exp\":{}", NOW + 600), "\"exp\":1e400", 1);
+    assert_ne!(huge, base);
+    assert_eq!(code(&rs256_raw(&rs_header(), &huge)), "malformed");
+}
+
+/// Negative, fractional and enormous NumericDates: never wrap around into "valid".
+#[test]
+fn numeric_date_edges() {
+    let with = |k: &'static str, v: Value| code(&token(|c| c[k] = v));
+    assert_eq!(with("exp", json!(-1)), "expired");
+    assert_eq!(with("exp", json!(i64::MIN)), "expired");
+    assert_eq!(with("exp", json!(-1e300)), "expired");
+    assert_eq!(with("exp", json!(0)), "expired");
+    assert_eq!(with("exp", json!(null)), "missing_exp");
+    assert_eq!(with("exp", json!((NOW - 61) as f64 + 0.999)), "expired");
+    assert_eq!(with("exp", json!(u64::MAX)), "accept");
+    assert_eq!(with("exp", json!(1e300)), "accept");
+    assert_eq!(with("nbf", json!(u64::MAX)), "not_yet_valid");
+    assert_eq!(with("nbf", json!(1e300)), "not_yet_valid");
+    assert_eq!(with("iat", json!(1e300)), "issued_in_future");
+    assert_eq!(with("nbf", json!(-5)), "accept");
+    // An integer literal beyond u64 parses as a float and saturates, it does not wrap to 0.
+    let base = claims(|_| {}).to_string();
+    let t = base.replacen(
+        &format!("\"nbf\":{NOW}"),
+        "\"nbf\":18446744073709551616000",
+        1,
+    );
+    assert_eq!(code(&rs256_raw(&rs_header(), &t)), "not_yet_valid");
+}
+
+/// Names that would become NATS subject syntax (`.`, `*`, `>`, spaces) or look-alikes never
+/// get through: the namespace is a DNS label, the name a DNS subdomain, `sub` matches exactly.
+#[test]
+fn identities_that_would_become_subject_syntax_are_refused() {
+    let with_ns = |ns: &str| {
+        let ns = ns.to_string();
+        token(move |c| {
+            c["kubernetes.io"]["namespace"] = json!(ns);
+            c["sub"] = json!(format!("system:serviceaccount:{ns}:orders-api"));
+        })
+    };
+    for ns in [
+        "sho.p",
+        "shop.>",
+        "*",
+        ">",
+        "sh op",
+        "shop\u{0}",
+        "shop\n",
+        "Shop",
+        "$SYS",
+        "_INBOX",
+        "sh\u{43e}p",
+        "ｓhop",
+        "shop\u{200b}",
+        "",
+        "-shop",
+        &"a".repeat(64),
+    ] {
+        assert_eq!(code(&with_ns(ns)), "claims", "{ns:?}");
+    }
+    let with_sa = |sa: &str| {
+        let sa = sa.to_string();
+        token(move |c| {
+            c["kubernetes.io"]["serviceaccount"]["name"] = json!(sa);
+            c["sub"] = json!(format!("system:serviceaccount:shop:{sa}"));
+        })
+    };
+    for sa in [
+        "a*", "a.>", ">", "a b", "a..b", ".a", "a_b", "A", "a:b", "a\tb",
+    ] {
+        assert_eq!(code(&with_sa(sa)), "claims", "{sa:?}");
+    }
+    assert_eq!(code(&with_sa("orders.api.v2")), "accept");
+    // `sub` must name exactly the same identity (no confusables, no extra bytes).
+    for sub in [
+        "system:serviceaccount:shop:orders\u{2010}api",
+        "system:serviceaccount:shop:orders-api ",
+        "system:serviceaccount:shop:orders-api\n",
+        "system:serviceaccount:shop:orders-api:x",
+        "system:serviceaccount:bank:orders-api",
+        "System:serviceaccount:shop:orders-api",
+    ] {
+        assert_eq!(code(&token(|c| c["sub"] = json!(sub))), "claims", "{sub:?}");
+    }
+}
+
+/// With `e = 1` the "signature" is the padded digest itself: a verifier that accepted such a
+/// key would accept forgeries by anyone. ring refuses exponents below 3 at verification.
+#[test]
+fn rsa_public_exponent_one_cannot_verify_a_forgery() {
+    let jwks = format!(r#"{{"keys":[{{"kty":"RSA","kid":"e1","n":"{RSA_N}","e":"AQ"}}]}}"#);
+    let header = json!({"alg": "RS256", "kid": "e1"}).to_string();
+    let inp = input(&header, &claims(|_| {}).to_string());
+    // EMSA-PKCS1-v1_5 encoding of SHA-256(input), the modulus length (256 bytes) long.
+    let digest = ring::digest::digest(&ring::digest::SHA256, inp.as_bytes());
+    let prefix: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    let mut em = vec![0x00, 0x01];
+    em.resize(256 - 19 - 32 - 1, 0xff);
+    em.push(0x00);
+    em.extend_from_slice(&prefix);
+    em.extend_from_slice(digest.as_ref());
+    assert_eq!(em.len(), 256);
+    let forged = format!("{inp}.{}", b64(&em));
+    assert_eq!(
+        validate(&forged, &cfg(), &keys_from(&jwks), NOW).unwrap_err(),
+        TokenError::Signature
+    );
+    // The same key with e = 65537 is the real one: a real signature under that kid verifies.
+    let real_jwks = jwks.replace("\"AQ\"", "\"AQAB\"");
+    let good = rs256_raw(&header, &claims(|_| {}).to_string());
+    assert!(validate(&good, &cfg(), &keys_from(&real_jwks), NOW).is_ok());
+}
+
+/// ECDSA: r or s of zero or at least the group order, and keys that are not curve points.
+#[test]
+fn ecdsa_degenerate_signatures_and_points() {
+    let jwks = read("k8s-testkeys/jwks.json");
+    let header = json!({"alg": "ES256", "kid": EC_KID}).to_string();
+    let inp = input(&header, &claims(|_| {}).to_string());
+    // P-256 group order n.
+    let n = hex32("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+    let one = {
+        let mut v = [0u8; 32];
+        v[31] = 1;
+        v
+    };
+    for (r, s) in [
+        ([0u8; 32], one),
+        (one, [0u8; 32]),
+        ([0u8; 32], [0u8; 32]),
+        (n, one),
+        (one, n),
+        ([0xff; 32], one),
+    ] {
+        let t = format!("{inp}.{}", b64(&[r, s].concat()));
+        assert_eq!(
+            validate(&t, &cfg(), &keys_from(&jwks), NOW).unwrap_err(),
+            TokenError::Signature
+        );
+    }
+    // Not a point on the curve, or coordinates outside the field: skipped at load.
+    let zero = b64(&[0u8; 32]);
+    let big = b64(&[0xffu8; 32]);
+    let mut long_x = vec![0u8];
+    long_x.extend_from_slice(&BASE64URL_NOPAD.decode(EC_X.as_bytes()).unwrap());
+    let long_x = b64(&long_x);
+    for (x, y) in [
+        (zero.as_str(), zero.as_str()),
+        (EC_X, zero.as_str()),
+        (big.as_str(), EC_Y),
+        (EC_X, big.as_str()),
+        (long_x.as_str(), EC_Y),
+    ] {
+        let doc =
+            format!(r#"{{"keys":[{{"kty":"EC","kid":"k","crv":"P-256","x":"{x}","y":"{y}"}}]}}"#);
+        let (set, skipped) = KeySet::from_jwks_json(doc.as_bytes()).unwrap();
+        assert!(set.is_empty() && skipped.len() == 1, "{x} {y}");
+    }
+    // Padding or non-canonical trailing bits in key material: skipped too.
+    let padded = format!("{RSA_N}==");
+    let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"k","n":"{padded}","e":"AQAB"}}]}}"#);
+    assert!(KeySet::from_jwks_json(doc.as_bytes()).unwrap().0.is_empty());
+    let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"k","n":"{RSA_N}","e":"AQAC"}}]}}"#);
+    assert!(
+        KeySet::from_jwks_json(doc.as_bytes()).unwrap().0.is_empty(),
+        "even exponent"
+    );
+}
+
+fn hex32(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+/// Key ids: a JWKS holding the same kid twice tries both keys; a kid of another key type is
+/// no fallback; a JWK `alg` pins the token `alg`.
+#[test]
+fn kid_games() {
+    let other = read("k8s-testkeys/jwks-only-other.json");
+    let other_key: Value = serde_json::from_str::<Value>(&other).unwrap()["keys"][0].clone();
+    let mut impostor = other_key.clone();
+    impostor["kid"] = json!(RSA_KID);
+    let real: Value = serde_json::from_str::<Value>(&read("k8s-testkeys/jwks.json")).unwrap();
+    let real_rsa = real["keys"][0].clone();
+    let ec = real["keys"][1].clone();
+    let good = token(|_| {});
+    // Duplicate kid, the wrong key first: the right one is still found; neither alone forges.
+    let both = json!({"keys": [impostor, real_rsa]}).to_string();
+    assert!(validate(&good, &cfg(), &keys_from(&both), NOW).is_ok());
+    let only_impostor = json!({"keys": [impostor]}).to_string();
+    assert_eq!(
+        validate(&good, &cfg(), &keys_from(&only_impostor), NOW).unwrap_err(),
+        TokenError::Signature
+    );
+    // The RSA kid re-used by the EC key only: a type mismatch, not a fallback to other keys.
+    let mut ec_named_rsa = ec.clone();
+    ec_named_rsa["kid"] = json!(RSA_KID);
+    let mut rsa_unnamed = real["keys"][0].clone();
+    rsa_unnamed.as_object_mut().unwrap().remove("kid");
+    let doc = json!({"keys": [ec_named_rsa, rsa_unnamed]}).to_string();
+    assert_eq!(
+        validate(&good, &cfg(), &keys_from(&doc), NOW).unwrap_err(),
+        TokenError::UnknownKid
+    );
+    // No kid at all: every key of the right type is tried, the EC one never for RS256.
+    let no_kid = rs256_raw(r#"{"alg":"RS256"}"#, &claims(|_| {}).to_string());
+    assert_eq!(code(&no_kid), "accept");
+    let kid_empty = rs256_raw(r#"{"alg":"RS256","kid":""}"#, &claims(|_| {}).to_string());
+    assert_eq!(code(&kid_empty), "accept");
+    // JWK alg RS256 refuses an RS512 header, even over a genuine RS512 signature.
+    let h512 = json!({"alg": "RS512", "kid": RSA_KID}).to_string();
+    let inp = input(&h512, &claims(|_| {}).to_string());
+    let key = rsa_key();
+    let mut sig = vec![0u8; key.public().modulus_len()];
+    key.sign(
+        &signature::RSA_PKCS1_SHA512,
+        &ring::rand::SystemRandom::new(),
+        inp.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    assert_eq!(code(&format!("{inp}.{}", b64(&sig))), "unknown_kid");
+    // A non-string kid, or a kid with control characters that is not in the set.
+    assert_eq!(
+        code(&rs256_raw(
+            r#"{"alg":"RS256","kid":1}"#,
+            &claims(|_| {}).to_string()
+        )),
+        "malformed"
+    );
+    assert_eq!(
+        code(&rs256_raw(
+            r#"{"alg":"RS256","kid":"x\n\"level\":\"ERROR\""}"#,
+            &claims(|_| {}).to_string()
+        )),
+        "unknown_kid"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decision: ServiceAccount, UID, session end.
+
+fn decider(records: Vec<(&str, &str, SaRecord)>, now: u64) -> K8sDecider {
+    let store = KeyStore::new(
+        vec![IssuerSource {
+            issuer: K8S_ISS.into(),
+            source: KeySource::File(vectors().join("k8s-testkeys/jwks.json")),
+        }],
+        StoreConfig::default(),
+    )
+    .unwrap();
+    store.refresh(K8S_ISS).unwrap();
+    let validator = Validator::new(cfg(), store).unwrap();
+    let cache = SaCache::from_records(
+        records
+            .into_iter()
+            .map(|(ns, n, r)| (ns.to_string(), n.to_string(), r)),
+    );
+    K8sDecider::new(
+        validator,
+        cache,
+        DecisionSettings {
+            policy: PolicySettings::default(),
+            max_session: Duration::from_secs(3600),
+        },
+        Arc::new(FixedClock::new(now)),
+    )
+}
+
+fn record(uid: &str, deleting: bool) -> SaRecord {
+    SaRecord {
+        uid: uid.into(),
+        annotations: vec![],
+        deleting,
+        resource_version: "1".into(),
+    }
+}
+
+fn decide(d: &K8sDecider, t: &str) -> Result<Option<u64>, &'static str> {
+    match d.evaluate_token(t).decision {
+        Decision::Allow(g) => Ok(g.expires_at),
+        Decision::Deny(x) => Err(x.code),
+    }
+}
+
+#[test]
+fn sessions_never_outlive_the_token() {
+    let d = decider(vec![("shop", "orders-api", record(SA_UID, false))], NOW);
+    let with_exp = |exp: Value| token(|c| c["exp"] = exp);
+    // Inside the validator's leeway but already past: the token is valid, a session is not.
+    assert_eq!(
+        decide(&d, &with_exp(json!(NOW - 30))),
+        Err("session_expired")
+    );
+    assert_eq!(
+        decide(&d, &with_exp(json!(NOW - 60))),
+        Err("session_expired")
+    );
+    assert_eq!(decide(&d, &with_exp(json!(NOW - 61))), Err("expired"));
+    assert_eq!(decide(&d, &with_exp(json!(NOW))), Err("session_expired"));
+    assert_eq!(decide(&d, &with_exp(json!(NOW + 1))), Ok(Some(NOW + 1)));
+    assert_eq!(decide(&d, &with_exp(json!(NOW + 600))), Ok(Some(NOW + 600)));
+    // Far-future expiry (no overflow): capped at the maximum session.
+    for exp in [json!(u64::MAX), json!(1e300), json!(NOW + 10 * 3600)] {
+        assert_eq!(decide(&d, &with_exp(exp)), Ok(Some(NOW + 3600)));
+    }
+    // Never a grant without an expiry.
+    assert!(decide(&d, &with_exp(json!(NOW + 5))).unwrap().is_some());
+}
+
+#[test]
+fn the_service_account_must_exist_with_the_token_uid() {
+    let t = token(|_| {});
+    let d = decider(
+        vec![("shop", "orders-api", record("other-uid", false))],
+        NOW,
+    );
+    assert_eq!(decide(&d, &t), Err("sa_uid_mismatch"));
+    let d = decider(vec![("shop", "orders-api", record(SA_UID, true))], NOW);
+    assert_eq!(decide(&d, &t), Err("sa_deleting"));
+    let d = decider(vec![("shop", "orders-api2", record(SA_UID, false))], NOW);
+    assert_eq!(decide(&d, &t), Err("sa_not_found"));
+    // Same name and UID in another namespace is someone else.
+    let d = decider(vec![("bank", "orders-api", record(SA_UID, false))], NOW);
+    assert_eq!(decide(&d, &t), Err("sa_not_found"));
+    // An empty cache-side UID never equals a token's (which is never empty).
+    let d = decider(vec![("shop", "orders-api", record("", false))], NOW);
+    assert_eq!(decide(&d, &t), Err("sa_uid_mismatch"));
+    let d = decider(vec![("shop", "orders-api", record(SA_UID, false))], NOW);
+    assert!(decide(&d, &t).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWKS endpoints that redirect or trickle.
+
+use nats_k8s_callout::httpclient::HttpSettings;
+use nats_k8s_callout::jwks::default_http;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// A tiny HTTP server on 127.0.0.1 that answers every request with `respond`; stopped on drop.
+struct Server {
+    base: String,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(respond: impl Fn(tiny_http::Request) + Send + Sync + 'static) -> Server {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let respond = Arc::new(respond);
+        let thread = {
+            let (hits, stop) = (hits.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(20)) {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let respond = respond.clone();
+                        std::thread::spawn(move || respond(req));
+                    }
+                }
+            })
+        };
+        Server {
+            base: format!("http://127.0.0.1:{port}"),
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn url_store(url: String, total: Duration) -> Arc<KeyStore> {
+    KeyStore::new(
+        vec![IssuerSource {
+            issuer: K8S_ISS.into(),
+            source: KeySource::Jwks {
+                url,
+                http: HttpSettings {
+                    total_timeout: Some(total),
+                    ..default_http(None)
+                },
+                bearer: None,
+            },
+        }],
+        StoreConfig::default(),
+    )
+    .unwrap()
+}
+
+/// A JWKS endpoint answering with a redirect does not get followed: whoever can make the
+/// endpoint redirect must not be able to substitute keys served from elsewhere.
+#[test]
+fn jwks_redirects_are_not_followed() {
+    let jwks = read("k8s-testkeys/jwks.json");
+    let elsewhere = Server::start(move |req| {
+        let _ = req.respond(tiny_http::Response::from_string(jwks.clone()));
+    });
+    for status in [301, 302, 303, 307, 308] {
+        let target = format!("{}/openid/v1/jwks", elsewhere.base);
+        let redirector = Server::start(move |req| {
+            let loc = tiny_http::Header::from_bytes("Location", target.as_bytes()).unwrap();
+            let _ = req.respond(
+                tiny_http::Response::from_string("")
+                    .with_status_code(status)
+                    .with_header(loc),
+            );
+        });
+        let store = url_store(
+            format!("{}/openid/v1/jwks", redirector.base),
+            Duration::from_secs(5),
+        );
+        assert!(store.refresh(K8S_ISS).is_err(), "{status} was followed");
+        assert!(!store.ready());
+        assert_eq!(redirector.hits.load(Ordering::SeqCst), 1);
+    }
+    assert_eq!(elsewhere.hits.load(Ordering::SeqCst), 0);
+}
+
+/// A body trickling in one byte at a time is cut off by the total deadline.
+#[test]
+fn a_trickling_jwks_body_is_bounded_by_the_deadline() {
+    struct Trickle;
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(100));
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = b' ';
+            Ok(1)
+        }
+    }
+    let slow = Server::start(|req| {
+        let _ = req.respond(tiny_http::Response::new(
+            tiny_http::StatusCode(200),
+            vec![],
+            Trickle,
+            None,
+            None,
+        ));
+    });
+    let store = url_store(
+        format!("{}/openid/v1/jwks", slow.base),
+        Duration::from_secs(1),
+    );
+    let started = Instant::now();
+    assert!(store.refresh(K8S_ISS).is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!store.ready());
+}
