@@ -818,3 +818,88 @@ fn a_trickling_jwks_body_is_bounded_by_the_deadline() {
     );
     assert!(!store.ready());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logging: values an attacker may influence cannot forge fields or lines.
+
+use nats_k8s_callout::logging::{Filter, Format, Logger};
+
+const HOSTILE: &[&str] = &[
+    "x\n{\"level\":\"ERROR\",\"msg\":\"forged\"}",
+    "x\r\nINFO forged line",
+    "x\",\"reason\":\"granted",
+    "x reason=granted namespace=kube-system",
+    "x\u{2028}forged\u{2029}line\u{85}next",
+    "x\u{1b}[2J\u{1b}[31mred\u{7}\u{0}\u{7f}\u{9b}31m",
+    "x\\\",\\\"level\\\":\\\"ERROR",
+];
+
+fn line_logger(format: Format) -> (Logger, MemorySink) {
+    let sink = MemorySink::new();
+    let logger = Logger::new(
+        Filter::parse("trace").unwrap(),
+        format,
+        Box::new(sink.clone()),
+    );
+    (logger, sink)
+}
+
+#[test]
+fn json_log_lines_keep_their_shape_with_hostile_values() {
+    log::set_max_level(log::LevelFilter::Trace);
+    let (logger, sink) = line_logger(Format::Json);
+    for v in HOSTILE {
+        sink.clear();
+        log::warn!(logger: logger, target: "t", reason = "deny", namespace = *v, entry = *v; "refused {}", v);
+        let out = sink.contents();
+        assert_eq!(out.matches('\n').count(), 1, "{out:?}");
+        let j: Value = serde_json::from_str(out.trim_end_matches('\n')).unwrap();
+        let obj = j.as_object().unwrap();
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 7, "{keys:?}");
+        assert_eq!(j["reason"], "deny");
+        assert_eq!(j["level"], "WARN");
+        assert_eq!(j["namespace"], *v);
+        assert_eq!(j["entry"], *v);
+    }
+}
+
+/// The text format is for terminals: a value must not end the line, start a fake field, or
+/// carry terminal control sequences.
+#[test]
+fn text_log_lines_keep_their_shape_with_hostile_values() {
+    log::set_max_level(log::LevelFilter::Trace);
+    let (logger, sink) = line_logger(Format::Text);
+    for v in HOSTILE {
+        sink.clear();
+        log::warn!(logger: logger, target: "t", reason = "deny", entry = *v; "refused {}", v);
+        let out = sink.contents();
+        let line = out.strip_suffix('\n').expect("one line");
+        for c in line.chars() {
+            assert!(
+                !c.is_control() && c != '\u{2028}' && c != '\u{2029}',
+                "raw {c:?} in {line:?}"
+            );
+        }
+        // Fields (the message is free text): `reason=deny`, then one quoted `entry=`.
+        sink.clear();
+        log::warn!(logger: logger, target: "t", reason = "deny", entry = *v; "refused");
+        let out = sink.contents();
+        let line = out.strip_suffix('\n').expect("one line");
+        assert!(!line.contains('\n'), "{line:?}");
+        let at = line
+            .find(": refused reason=deny entry=\"")
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(line.ends_with('"'), "{line}");
+        let quoted = &line[at + ": refused reason=deny entry=".len()..];
+        let inner = &quoted[1..quoted.len() - 1];
+        let mut escaped = false;
+        for c in inner.chars() {
+            assert!(
+                escaped || c != '"',
+                "unescaped quote ends the value early: {line}"
+            );
+            escaped = !escaped && c == '\\';
+        }
+    }
+}
