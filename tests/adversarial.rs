@@ -903,3 +903,126 @@ fn text_log_lines_keep_their_shape_with_hostile_values() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Policy: subject injection through annotations, inbox separation.
+
+use nats_k8s_callout::policy::private_inbox_prefix;
+use nats_k8s_callout::subject;
+
+#[test]
+fn annotation_injection_attempts() {
+    let kept = |entry: &str| {
+        let o = evaluate(
+            &PolicySettings::default(),
+            "shop",
+            "api",
+            Some(entry),
+            Some(entry),
+        )
+        .unwrap();
+        let any_kept = o.entries.iter().any(|e| e.verdict == Verdict::Kept);
+        if !any_kept {
+            assert_eq!(o.permissions.publish.allow, vec!["shop.>"]);
+            assert_eq!(
+                o.permissions.subscribe.allow,
+                vec!["shop.>", "_INBOX_shop_api.>"]
+            );
+        }
+        any_kept
+    };
+    for bad in [
+        ">",
+        "*",
+        "*.>",
+        "*.*",
+        "*.x.>",
+        "*.REQ.USER.AUTH",
+        "$SYS",
+        "$SYS.>",
+        "$SYS.REQ.USER.AUTH",
+        " $SYS.> ",
+        "$SYS.*.>",
+        "_INBOX",
+        "_INBOX.>",
+        "_INBOX.*",
+        "_INBOX_bank_svc.>",
+        "_INBOX_bank_svc",
+        "_INBOX_shop_api.>",
+        "_INBOXfoo.>",
+        "\u{ff04}SYS.>",
+        "$SYS\u{200b}.>",
+        "$SYS.>\u{0}",
+        "a b",
+        "orders queue",
+        "a\tb",
+        "a\nb",
+        "a.>.b",
+        "a*.b",
+        "a.b>",
+        "a..b",
+        ".a",
+        "a.",
+        &format!("a.{}", "b".repeat(600)),
+    ] {
+        assert!(!kept(bad), "{bad:?} was granted");
+    }
+    // Near misses that name no reserved subject are fine (NATS subjects are case-sensitive and
+    // not %-decoded).
+    for ok in [
+        "x.*",
+        "x.>",
+        "shop.>",
+        "bank.rates",
+        "_inbox_bank_svc.>",
+        "%24SYS.>",
+        "SYS.>",
+        "$SYSTEM.>",
+        "x.$SYS.>",
+        "x._INBOX.>",
+    ] {
+        assert!(kept(ok), "{ok:?} was dropped");
+    }
+}
+
+/// Two different ServiceAccounts never share inbox subjects, no namespace default reaches an
+/// inbox or `$SYS`, and the JWT deny lists carry the rails.
+#[test]
+fn inboxes_and_namespace_defaults_never_overlap() {
+    let labels = ["a", "b", "a-b", "a1", "ab", "b-a", "a--b"];
+    let mut names: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+    for x in labels {
+        for y in labels {
+            names.push(format!("{x}.{y}"));
+        }
+    }
+    let mut ids = Vec::new();
+    for ns in labels {
+        for sa in &names {
+            let o = evaluate(&PolicySettings::default(), ns, sa, None, None).unwrap();
+            let inbox = format!("{}.>", private_inbox_prefix(ns, sa).unwrap());
+            assert_eq!(
+                o.permissions.subscribe.allow,
+                vec![format!("{ns}.>"), inbox.clone()]
+            );
+            for rail in ["$SYS", "$SYS.>", "_INBOX", "_INBOX.>"] {
+                assert!(o.permissions.publish.deny.contains(&rail.to_string()));
+                assert!(o.permissions.subscribe.deny.contains(&rail.to_string()));
+                assert!(!subject::intersects(rail, &format!("{ns}.>")));
+                assert!(!subject::intersects(rail, &inbox));
+            }
+            ids.push((ns, sa.clone(), inbox));
+        }
+    }
+    for (i, (ns_a, sa_a, inbox_a)) in ids.iter().enumerate() {
+        for (ns_b, sa_b, inbox_b) in &ids[i + 1..] {
+            assert!(
+                !subject::intersects(inbox_a, inbox_b),
+                "{ns_a}/{sa_a} and {ns_b}/{sa_b} share {inbox_a}"
+            );
+            assert!(!subject::intersects(&format!("{ns_a}.>"), inbox_b));
+            assert!(!subject::intersects(&format!("{ns_b}.>"), inbox_a));
+        }
+    }
+    assert!(ids.len() > 300);
+}
