@@ -1026,3 +1026,68 @@ fn inboxes_and_namespace_defaults_never_overlap() {
     }
     assert!(ids.len() > 300);
 }
+
+/// Before the ServiceAccount cache has synced, the decision cannot tell and refuses, unless a
+/// direct GET answers; an API error is never read as "exists".
+#[test]
+fn an_unsynced_cache_refuses_unless_the_api_answers() {
+    use nats_k8s_callout::kube::{ApiConfig, CacheConfig, KubeClient};
+    let status = Arc::new(AtomicUsize::new(500));
+    let api = {
+        let status = status.clone();
+        Server::start(move |req| {
+            let list =
+                req.url().ends_with("/serviceaccounts") || req.url().contains("/serviceaccounts?");
+            let code = if list {
+                500
+            } else {
+                status.load(Ordering::SeqCst) as u16
+            };
+            let body = if code == 200 {
+                json!({"kind": "ServiceAccount", "metadata": {
+                    "name": "orders-api", "namespace": "shop", "uid": SA_UID,
+                    "resourceVersion": "5"}})
+                .to_string()
+            } else {
+                json!({"kind": "Status", "code": code}).to_string()
+            };
+            let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
+        })
+    };
+    let client = KubeClient::new(&ApiConfig::new(&api.base, None, None)).unwrap();
+    let (cache, _watcher) = SaCache::start(
+        client,
+        CacheConfig {
+            negative_ttl: Duration::ZERO,
+            positive_ttl: Duration::ZERO,
+            ..CacheConfig::default()
+        },
+    );
+    assert!(!cache.is_synced());
+    let store = KeyStore::new(
+        vec![IssuerSource {
+            issuer: K8S_ISS.into(),
+            source: KeySource::File(vectors().join("k8s-testkeys/jwks.json")),
+        }],
+        StoreConfig::default(),
+    )
+    .unwrap();
+    store.refresh(K8S_ISS).unwrap();
+    let d = K8sDecider::new(
+        Validator::new(cfg(), store).unwrap(),
+        cache,
+        DecisionSettings {
+            policy: PolicySettings::default(),
+            max_session: Duration::from_secs(3600),
+        },
+        Arc::new(FixedClock::new(NOW)),
+    );
+    let t = token(|_| {});
+    assert_eq!(decide(&d, &t), Err("cache_not_ready"));
+    status.store(403, Ordering::SeqCst);
+    assert_eq!(decide(&d, &t), Err("cache_not_ready"));
+    status.store(404, Ordering::SeqCst);
+    assert_eq!(decide(&d, &t), Err("sa_not_found"));
+    status.store(200, Ordering::SeqCst);
+    assert_eq!(decide(&d, &t), Ok(Some(NOW + 600)));
+}
