@@ -1091,3 +1091,237 @@ fn an_unsynced_cache_refuses_unless_the_api_answers() {
     status.store(200, Ordering::SeqCst);
     assert_eq!(decide(&d, &t), Ok(Some(NOW + 600)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The callout: never a user JWT for an unverified request; refusals carry only a code.
+
+use nats_k8s_callout::authz::{AuthRequest, Decider, Grant};
+use nats_k8s_callout::callout::process::Outcome;
+use nats_k8s_callout::callout::{CalloutConfig, Placement, Processor};
+use nats_k8s_callout::natsjwt::{
+    self, AuthorizationRequest, AuthorizationResponse, Claims, User, REQUEST_AUDIENCE,
+};
+use nats_k8s_callout::secret::Secret;
+use nkeys::{KeyPair, XKey};
+
+const BEARER: &str = "the-client-bearer-token-value";
+
+fn request(server: &KeyPair, account: &str) -> Claims<AuthorizationRequest> {
+    let mut n = AuthorizationRequest::default();
+    n.server_id.id = server.public_key();
+    n.server_id.name = "s".into();
+    n.user_nkey = KeyPair::new_user().public_key();
+    n.client_info.host = "127.0.0.1".into();
+    n.client_info.name = "x\n{\"level\":\"ERROR\"}".into();
+    n.connect_opts.auth_token = Some(Secret::new(BEARER));
+    let mut c = Claims::new(account, NOW, n);
+    c.aud = REQUEST_AUDIENCE.into();
+    c.exp = NOW + 2;
+    c
+}
+
+/// A decider that admits everyone and counts its calls.
+fn permissive(calls: Arc<AtomicUsize>) -> Arc<dyn Decider> {
+    Arc::new(move |r: &AuthRequest| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        if r.bearer_token() == Some("deny-me") {
+            return Decision::deny("sa_not_found");
+        }
+        let mut g = Grant {
+            name: "shop/api".into(),
+            expires_at: Some(NOW + 60),
+            ..Default::default()
+        };
+        g.permissions.publish.allow.push("shop.>".into());
+        Decision::Allow(g)
+    })
+}
+
+#[test]
+fn unverified_requests_never_reach_the_decider() {
+    let issuer = KeyPair::new_account();
+    let server = KeyPair::new_server();
+    let acc = issuer.public_key();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cfg = CalloutConfig::new(
+        Placement::Config {
+            account: "APP".into(),
+        },
+        Secret::new(issuer.seed().unwrap()),
+    );
+    let p = Processor::new(
+        &cfg,
+        permissive(calls.clone()),
+        Arc::new(FixedClock::new(NOW)),
+    )
+    .unwrap();
+
+    // Sanity: a good request is answered with a user JWT for the server's user key.
+    let mut c = request(&server, &acc);
+    let good = natsjwt::encode(&mut c, &server).unwrap();
+    let Outcome::Reply(out) = p.process(None, good.as_bytes()) else {
+        panic!("good request not answered")
+    };
+    let out = String::from_utf8(out).unwrap();
+    let r: Claims<AuthorizationResponse> = natsjwt::decode_at(&out, NOW).unwrap();
+    let u: Claims<User> = natsjwt::decode_at(&r.nats.jwt, NOW).unwrap();
+    assert_eq!(u.sub, c.nats.user_nkey);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Neither the response nor the user JWT echo the client's credential.
+    let decoded = |jwt: &str| {
+        let p = jwt.split('.').nth(1).unwrap();
+        String::from_utf8(BASE64URL_NOPAD.decode(p.as_bytes()).unwrap()).unwrap()
+    };
+    assert!(!decoded(&out).contains(BEARER) && !decoded(&r.nats.jwt).contains(BEARER));
+
+    type Mutate = Box<dyn Fn(&mut Claims<AuthorizationRequest>)>;
+    let other_server = KeyPair::new_server().public_key();
+    let other_acc = KeyPair::new_account().public_key();
+    let mutations: Vec<(&str, Mutate)> = vec![
+        ("aud", Box::new(|c| c.aud = "nats".into())),
+        ("no aud", Box::new(|c| c.aud.clear())),
+        (
+            "server id",
+            Box::new(move |c| c.nats.server_id.id = other_server.clone()),
+        ),
+        ("sub", Box::new(move |c| c.sub = other_acc.clone())),
+        (
+            "user nkey kind",
+            Box::new(|c| c.nats.user_nkey = KeyPair::new_account().public_key()),
+        ),
+        (
+            "user nkey checksum",
+            Box::new(|c| {
+                let mut k = c.nats.user_nkey.clone().into_bytes();
+                let last = k.len() - 1;
+                k[last] = if k[last] == b'A' { b'B' } else { b'A' };
+                c.nats.user_nkey = String::from_utf8(k).unwrap();
+            }),
+        ),
+        ("no user nkey", Box::new(|c| c.nats.user_nkey.clear())),
+        ("expired", Box::new(|c| c.exp = NOW - 1)),
+        ("not yet valid", Box::new(|c| c.nbf = NOW + 10)),
+    ];
+    for (what, m) in &mutations {
+        let mut c = request(&server, &acc);
+        m(&mut c);
+        let t = natsjwt::encode(&mut c, &server).unwrap();
+        assert!(
+            matches!(p.process(None, t.as_bytes()), Outcome::Drop),
+            "{what}"
+        );
+    }
+    // Tampered after signing, signed by another server key, alg none, version 1, garbage.
+    let (head, rest) = good.split_once('.').unwrap();
+    let (payload, sig) = rest.split_once('.').unwrap();
+    let mut claims: Value =
+        serde_json::from_slice(&BASE64URL_NOPAD.decode(payload.as_bytes()).unwrap()).unwrap();
+    claims["nats"]["user_nkey"] = json!(KeyPair::new_user().public_key());
+    let tampered = format!("{head}.{}.{sig}", b64(claims.to_string().as_bytes()));
+    let forged = {
+        let input = format!("{head}.{payload}");
+        let s = KeyPair::new_server().sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(&s))
+    };
+    let none = format!("{}.{payload}.", b64(br#"{"typ":"JWT","alg":"none"}"#));
+    let mut v1: Value =
+        serde_json::from_slice(&BASE64URL_NOPAD.decode(payload.as_bytes()).unwrap()).unwrap();
+    v1["nats"]["version"] = json!(1);
+    let v1_payload = b64(v1.to_string().as_bytes());
+    let v1 = format!(
+        "{head}.{v1_payload}.{}",
+        b64(&server.sign(v1_payload.as_bytes()).unwrap())
+    );
+    for (what, t) in [
+        ("tampered", tampered.as_str()),
+        ("forged", forged.as_str()),
+        ("alg none", none.as_str()),
+        ("version 1", v1.as_str()),
+        ("trailing part", &format!("{good}.x")),
+        ("empty", ""),
+    ] {
+        assert!(
+            matches!(p.process(None, t.as_bytes()), Outcome::Drop),
+            "{what}"
+        );
+    }
+    // A sealed request where we have no xkey.
+    let server_x = XKey::new();
+    let sealed = server_x.seal(good.as_bytes(), &XKey::new()).unwrap();
+    assert!(matches!(
+        p.process(Some(&server_x.public_key()), &sealed),
+        Outcome::Drop
+    ));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the decider saw a bad request"
+    );
+
+    // A refusal carries the reason code and nothing else the client sent.
+    let mut c = request(&server, &acc);
+    c.nats.connect_opts.auth_token = Some(Secret::new("deny-me"));
+    let t = natsjwt::encode(&mut c, &server).unwrap();
+    let Outcome::Reply(out) = p.process(None, t.as_bytes()) else {
+        panic!("denial not answered")
+    };
+    let out = String::from_utf8(out).unwrap();
+    let r: Claims<AuthorizationResponse> = natsjwt::decode_at(&out, NOW).unwrap();
+    assert_eq!(r.nats.error, "sa_not_found");
+    assert!(r.nats.jwt.is_empty());
+    assert!(!decoded(&out).contains("deny-me"));
+}
+
+/// With an xkey configured, only sealed requests whose JWT names the sealing server key are
+/// answered.
+#[test]
+fn xkey_requests_must_be_sealed_by_the_key_they_name() {
+    let issuer = KeyPair::new_account();
+    let server = KeyPair::new_server();
+    let acc = issuer.public_key();
+    let ours = XKey::new();
+    let mut cfg = CalloutConfig::new(
+        Placement::Config {
+            account: "APP".into(),
+        },
+        Secret::new(issuer.seed().unwrap()),
+    );
+    cfg.xkey_seed = Some(Secret::new(ours.seed().unwrap()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let p = Processor::new(
+        &cfg,
+        permissive(calls.clone()),
+        Arc::new(FixedClock::new(NOW)),
+    )
+    .unwrap();
+    let ours_pub = XKey::from_public_key(&ours.public_key()).unwrap();
+    let server_x = XKey::new();
+    let sealed_request = |claim_xkey: &str, sealer: &XKey| {
+        let mut c = request(&server, &acc);
+        c.nats.server_id.xkey = claim_xkey.to_string();
+        let t = natsjwt::encode(&mut c, &server).unwrap();
+        (t.clone(), sealer.seal(t.as_bytes(), &ours_pub).unwrap())
+    };
+    let (plain, sealed) = sealed_request(&server_x.public_key(), &server_x);
+    let Outcome::Reply(out) = p.process(Some(&server_x.public_key()), &sealed) else {
+        panic!("good sealed request not answered")
+    };
+    assert!(out.starts_with(b"xkv1"), "response not sealed");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Plain while we require sealing.
+    assert!(matches!(p.process(None, plain.as_bytes()), Outcome::Drop));
+    // Sealed by another key than the header names.
+    let other = XKey::new();
+    let (_, by_other) = sealed_request(&server_x.public_key(), &other);
+    assert!(matches!(
+        p.process(Some(&server_x.public_key()), &by_other),
+        Outcome::Drop
+    ));
+    // Sealed and labelled consistently, but the signed JWT names another server xkey.
+    let (_, mislabelled) = sealed_request(&server_x.public_key(), &other);
+    assert!(matches!(
+        p.process(Some(&other.public_key()), &mislabelled),
+        Outcome::Drop
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
