@@ -155,8 +155,9 @@ pub enum DropReason {
     InvalidSubject(SubjectError),
     /// Intersects this guard rail (`DENY_SUBJECTS`).
     GuardRail(String),
-    /// Could match a subject whose first token starts with `_INBOX` (someone's inbox), or
-    /// starts with a wildcard. Built in, not configurable.
+    /// Could match a subject whose first token starts with `_INBOX` (someone's inbox), is a
+    /// server reply prefix (`_R_`, `_GR_`), or starts with a wildcard. Built in, not
+    /// configurable.
     ReservedInbox,
     /// The same entry appeared earlier in the same annotation.
     Duplicate,
@@ -178,7 +179,7 @@ impl DropReason {
             DropReason::InvalidSubject(e) => format!("invalid subject: {e}"),
             DropReason::GuardRail(r) => format!("overlaps guard rail {r}"),
             DropReason::ReservedInbox => {
-                "could reach another client's inbox (first token is a wildcard or starts with _INBOX)"
+                "could reach another client's inbox or replies (first token is a wildcard, starts with _INBOX, or is _R_ or _GR_)"
                     .to_string()
             }
             DropReason::Duplicate => "duplicate of an earlier entry".to_string(),
@@ -335,10 +336,20 @@ pub fn parse_private_inbox_prefix(prefix: &str) -> Option<(String, String)> {
     (is_dns_label(ns) && is_dns_subdomain(&sa)).then(|| (ns.to_string(), sa))
 }
 
-/// Could pattern `p` match a subject whose first token starts with `_INBOX` (any inbox)?
+/// First tokens of the server's own reply subjects: `_R_` for replies to requests that came
+/// in through a service import, `_GR_` for replies routed between clusters. Whoever may
+/// subscribe there reads replies meant for clients of other accounts (checked against
+/// nats-server 2.15.1 for `_R_`); whoever may publish there can forge them.
+pub const SERVER_REPLY_TOKENS: &[&str] = &["_R_", "_GR_"];
+
+/// Could pattern `p` match a subject whose first token starts with `_INBOX` (any inbox) or is
+/// one of the server's reply prefixes?
 fn reaches_inboxes(p: &str) -> bool {
     let first = p.split('.').next().unwrap_or("");
-    first == "*" || first == ">" || first.starts_with(INBOX_TOKEN)
+    first == "*"
+        || first == ">"
+        || first.starts_with(INBOX_TOKEN)
+        || SERVER_REPLY_TOKENS.contains(&first)
 }
 
 /// Builds the permissions of `namespace`/`service_account` from the settings and the raw

@@ -1325,3 +1325,39 @@ fn xkey_requests_must_be_sealed_by_the_key_they_name() {
     ));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// `_R_.…` are the server's reply subjects for requests arriving through a service import
+/// (`_GR_.…` for replies routed between clusters). Checked by hand against nats-server 2.15.1:
+/// a user of the exporting account subscribed to `_R_.>` received the reply meant for the
+/// importing account's requester. Annotations must not grant them, like `_INBOX`.
+#[test]
+fn server_reply_prefixes_are_reserved() {
+    for entry in ["_R_.>", "_R_.*.*", "_R_.abc.def", "_GR_.>", "_GR_.a.b.>"] {
+        let o = evaluate(
+            &PolicySettings::default(),
+            "shop",
+            "api",
+            Some(entry),
+            Some(entry),
+        )
+        .unwrap();
+        assert_eq!(o.permissions.publish.allow, vec!["shop.>"], "{entry}");
+        assert_eq!(
+            o.permissions.subscribe.allow,
+            vec!["shop.>", "_INBOX_shop_api.>"],
+            "{entry}"
+        );
+        assert!(
+            o.dropped().all(|(_, r)| r.code() == "reserved_inbox"),
+            "{entry}: {:?}",
+            o.entries
+        );
+    }
+    for entry in ["_R_x.>", "x._R_.>", "R_.>", "_r_.>"] {
+        let o = evaluate(&PolicySettings::default(), "shop", "api", None, Some(entry)).unwrap();
+        assert!(
+            o.permissions.subscribe.allow.contains(&entry.to_string()),
+            "{entry}"
+        );
+    }
+}
