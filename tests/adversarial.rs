@@ -1361,3 +1361,37 @@ fn server_reply_prefixes_are_reserved() {
         );
     }
 }
+
+/// Keys named or embedded in the token header (`jwk`, `jku`, `x5u`, `x5c`) are never used or
+/// fetched: a token signed by the attacker's own key with that key in its header is refused.
+#[test]
+fn header_supplied_keys_are_ignored() {
+    use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = key.public_key().as_ref();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])});
+    let fetched = Server::start(|req| {
+        let _ = req.respond(tiny_http::Response::from_string("{}"));
+    });
+    let url = format!("{}/keys", fetched.base);
+    for header in [
+        json!({"alg": "ES256", "jwk": jwk}),
+        json!({"alg": "ES256", "kid": "attacker", "jwk": jwk}),
+        json!({"alg": "ES256", "jku": url}),
+        json!({"alg": "ES256", "kid": EC_KID, "jku": url, "x5u": url}),
+        json!({"alg": "ES256", "x5c": ["MIIB"]}),
+    ] {
+        let inp = input(&header.to_string(), &claims(|_| {}).to_string());
+        let sig = key.sign(&rng, inp.as_bytes()).unwrap();
+        let t = format!("{inp}.{}", b64(sig.as_ref()));
+        let err = check(&t).unwrap_err();
+        assert!(
+            matches!(err, TokenError::Signature | TokenError::UnknownKid),
+            "{header}: {err:?}"
+        );
+    }
+    assert_eq!(fetched.hits.load(Ordering::SeqCst), 0);
+}
