@@ -1395,3 +1395,45 @@ fn header_supplied_keys_are_ignored() {
     }
     assert_eq!(fetched.hits.load(Ordering::SeqCst), 0);
 }
+
+/// Anyone can send a token naming a fresh kid: no signature is needed to reach the key
+/// lookup. Hundreds of distinct kids cause one JWKS fetch, and nobody waits long.
+#[test]
+fn unsigned_tokens_with_many_distinct_kids_cause_one_fetch() {
+    let jwks = read("k8s-testkeys/jwks.json");
+    let issuer = Server::start(move |req| {
+        let _ = req.respond(tiny_http::Response::from_string(jwks.clone()));
+    });
+    let store = url_store(
+        format!("{}/openid/v1/jwks", issuer.base),
+        Duration::from_secs(5),
+    );
+    store.refresh(K8S_ISS).unwrap();
+    assert_eq!(issuer.hits.load(Ordering::SeqCst), 1);
+    let v = Arc::new(Validator::new(cfg(), store).unwrap());
+    let payload = claims(|_| {}).to_string();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (v, payload) = (v.clone(), payload.clone());
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let h = json!({"alg": "RS256", "kid": format!("junk-{t}-{i}")}).to_string();
+                    let junk = format!("{}.{}", input(&h, &payload), b64(&[0u8; 256]));
+                    assert_eq!(v.validate(&junk, NOW).unwrap_err(), TokenError::UnknownKid);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(issuer.hits.load(Ordering::SeqCst), 2, "400 kids, one fetch");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A genuine token still verifies meanwhile.
+    assert!(v.validate(&token(|_| {}), NOW).is_ok());
+}
