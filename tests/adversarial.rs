@@ -1437,3 +1437,70 @@ fn unsigned_tokens_with_many_distinct_kids_cause_one_fetch() {
     // A genuine token still verifies meanwhile.
     assert!(v.validate(&token(|_| {}), NOW).is_ok());
 }
+
+/// While a JWKS fetch is slow (API server overloaded or unreachable), junk tokens naming
+/// unknown kids must not hold every decision worker for the whole fetch: the bounded wait
+/// counts from the start of the fetch, so later lookups fail at once (the client retries and
+/// the fetch, when it lands, serves the retry). Before, each lookup waited up to a full
+/// second again, so a handful of junk connects per second kept all workers blocked for as
+/// long as the fetch took (up to its 10 s deadline).
+#[test]
+fn a_slow_jwks_fetch_does_not_let_junk_tokens_hold_workers() {
+    let jwks = read("k8s-testkeys/jwks.json");
+    let delay_ms = Arc::new(AtomicUsize::new(0));
+    let issuer = {
+        let delay_ms = delay_ms.clone();
+        Server::start(move |req| {
+            std::thread::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst) as u64));
+            let _ = req.respond(tiny_http::Response::from_string(jwks.clone()));
+        })
+    };
+    let store = url_store(
+        format!("{}/openid/v1/jwks", issuer.base),
+        Duration::from_secs(10),
+    );
+    store.refresh(K8S_ISS).unwrap();
+    let v = Arc::new(Validator::new(cfg(), store).unwrap());
+    let payload = claims(|_| {}).to_string();
+    let junk = move |i: usize| {
+        let h = json!({"alg": "RS256", "kid": format!("junk-{i}")}).to_string();
+        format!("{}.{}", input(&h, &payload), b64(&[0u8; 256]))
+    };
+    delay_ms.store(4000, Ordering::SeqCst);
+    // The first junk token starts a fetch and waits (bounded) for it.
+    let started = Instant::now();
+    assert_eq!(
+        v.validate(&junk(0), NOW).unwrap_err(),
+        TokenError::UnknownKid
+    );
+    let first = started.elapsed();
+    assert!(first < Duration::from_millis(2500), "{first:?}");
+    // The fetch is still in flight: four workers' worth of junk now returns promptly.
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let (v, junk) = (v.clone(), junk.clone());
+            std::thread::spawn(move || {
+                let mut worst = Duration::ZERO;
+                for i in 0..5 {
+                    let t = Instant::now();
+                    assert_eq!(
+                        v.validate(&junk(100 * (w + 1) + i), NOW).unwrap_err(),
+                        TokenError::UnknownKid
+                    );
+                    worst = worst.max(t.elapsed());
+                }
+                worst
+            })
+        })
+        .collect();
+    for t in threads {
+        let worst = t.join().unwrap();
+        assert!(
+            worst < Duration::from_millis(500),
+            "a junk lookup waited {worst:?} for a fetch already past its wait"
+        );
+    }
+    assert_eq!(issuer.hits.load(Ordering::SeqCst), 2);
+    // A genuine token is unaffected.
+    assert!(v.validate(&token(|_| {}), NOW).is_ok());
+}
