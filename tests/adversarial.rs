@@ -3,11 +3,38 @@
 //!
 //! Vectors are found at `$NATS_K8S_VECTORS_DIR`, else `<CARGO_MANIFEST_DIR>/../shared/vectors`.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use data_encoding::{BASE64, BASE64URL_NOPAD};
+use nats_k8s_callout::authz::Decision;
+use nats_k8s_callout::authz::{AuthRequest, Decider, Grant};
+use nats_k8s_callout::callout::process::Outcome;
+use nats_k8s_callout::callout::{CalloutConfig, Placement, Processor};
+use nats_k8s_callout::clock::FixedClock;
+use nats_k8s_callout::decision::{DecisionSettings, K8sDecider};
+use nats_k8s_callout::httpclient::HttpSettings;
+use nats_k8s_callout::jwks::default_http;
+use nats_k8s_callout::jwks::{IssuerSource, KeySource, KeyStore, StoreConfig};
+use nats_k8s_callout::kube::{SaCache, SaRecord};
 use nats_k8s_callout::logging::{self, MemorySink};
+use nats_k8s_callout::logging::{Filter, Format, Logger};
+use nats_k8s_callout::natsjwt::{
+    self, AuthorizationRequest, AuthorizationResponse, Claims, User, REQUEST_AUDIENCE,
+};
+use nats_k8s_callout::policy::private_inbox_prefix;
 use nats_k8s_callout::policy::{evaluate, PolicySettings, Verdict};
+use nats_k8s_callout::secret::Secret;
+use nats_k8s_callout::subject;
+use nats_k8s_callout::token::validate::validate;
+use nats_k8s_callout::token::{KeySet, TokenConfig, TokenError, ValidatedToken, Validator};
+use nkeys::{KeyPair, XKey};
+use ring::signature::{self, RsaKeyPair};
+use serde_json::{json, Value};
 
 /// The global logger (JSON into memory), installed once for this test binary.
 fn global_sink() -> &'static MemorySink {
@@ -124,21 +151,6 @@ fn dropped_entries_do_not_flood_the_log() {
 
 // ---------------------------------------------------------------------------------------------
 // Token validation and the decision: tokens minted at test time with the Kubernetes test keys.
-
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use data_encoding::{BASE64, BASE64URL_NOPAD};
-use nats_k8s_callout::authz::Decision;
-use nats_k8s_callout::clock::FixedClock;
-use nats_k8s_callout::decision::{DecisionSettings, K8sDecider};
-use nats_k8s_callout::jwks::{IssuerSource, KeySource, KeyStore, StoreConfig};
-use nats_k8s_callout::kube::{SaCache, SaRecord};
-use nats_k8s_callout::token::validate::validate;
-use nats_k8s_callout::token::{KeySet, TokenConfig, TokenError, ValidatedToken, Validator};
-use ring::signature::{self, RsaKeyPair};
-use serde_json::{json, Value};
 
 const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
 const RSA_KID: &str = "JHJehTTTZlsspKHT-GaJxK7Kd1NQgZJu3fyK6K_QDYU";
@@ -686,10 +698,6 @@ fn the_service_account_must_exist_with_the_token_uid() {
 // ---------------------------------------------------------------------------------------------
 // JWKS endpoints that redirect or trickle.
 
-use nats_k8s_callout::httpclient::HttpSettings;
-use nats_k8s_callout::jwks::default_http;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 /// A tiny HTTP server on 127.0.0.1 that answers every request with `respond`; stopped on drop.
 struct Server {
     base: String,
@@ -822,8 +830,6 @@ fn a_trickling_jwks_body_is_bounded_by_the_deadline() {
 // ---------------------------------------------------------------------------------------------
 // Logging: values an attacker may influence cannot forge fields or lines.
 
-use nats_k8s_callout::logging::{Filter, Format, Logger};
-
 const HOSTILE: &[&str] = &[
     "x\n{\"level\":\"ERROR\",\"msg\":\"forged\"}",
     "x\r\nINFO forged line",
@@ -906,9 +912,6 @@ fn text_log_lines_keep_their_shape_with_hostile_values() {
 
 // ---------------------------------------------------------------------------------------------
 // Policy: subject injection through annotations, inbox separation.
-
-use nats_k8s_callout::policy::private_inbox_prefix;
-use nats_k8s_callout::subject;
 
 #[test]
 fn annotation_injection_attempts() {
@@ -1094,15 +1097,6 @@ fn an_unsynced_cache_refuses_unless_the_api_answers() {
 
 // ---------------------------------------------------------------------------------------------
 // The callout: never a user JWT for an unverified request; refusals carry only a code.
-
-use nats_k8s_callout::authz::{AuthRequest, Decider, Grant};
-use nats_k8s_callout::callout::process::Outcome;
-use nats_k8s_callout::callout::{CalloutConfig, Placement, Processor};
-use nats_k8s_callout::natsjwt::{
-    self, AuthorizationRequest, AuthorizationResponse, Claims, User, REQUEST_AUDIENCE,
-};
-use nats_k8s_callout::secret::Secret;
-use nkeys::{KeyPair, XKey};
 
 const BEARER: &str = "the-client-bearer-token-value";
 
