@@ -514,10 +514,11 @@ fn trim() {
 }
 
 /// Memory of the cache with 100 000 ServiceAccounts (each with a uid and two realistic
-/// `nats.io/` annotations plus one foreign annotation and a label). Run with
-/// `scripts/measure-cache-memory`.
+/// `nats.io/` annotations plus one foreign annotation and a label), in process (the double's
+/// copy is in the "before" figure). The release-profile measurement with the double in its
+/// own process is `scripts/measure-cache-memory`.
 #[test]
-#[ignore = "slow; run by scripts/measure-cache-memory"]
+#[ignore = "slow; cargo test --test kube_cache memory_for_100k_service_accounts -- --ignored --nocapture"]
 fn memory_for_100k_service_accounts() {
     const N: usize = 100_000;
     let d = K8sDouble::start(DoubleOptions::default()).unwrap();

@@ -963,6 +963,16 @@ mod tests {
     }
 
     #[test]
+    fn a_record_fits_in_72_bytes() {
+        // With the Arc counts: 88 bytes, one 96-byte malloc chunk (glibc) per account.
+        assert!(
+            std::mem::size_of::<SaRecord>() <= 72,
+            "{}",
+            std::mem::size_of::<SaRecord>()
+        );
+    }
+
+    #[test]
     fn resource_versions_compare_exactly_like_their_strings() {
         for (s, inline) in [
             ("0", true),
