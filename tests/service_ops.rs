@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nats_k8s_callout::app::App;
@@ -198,11 +199,30 @@ fn admitted(url: &str, token: &str) -> bool {
     })
 }
 
-/// A running binary, killed on drop.
+/// A running binary, killed on drop. Its stdout and stderr are drained by threads from the
+/// start, so a chatty process (debug logs) never blocks on a full pipe.
 struct Running {
     child: Option<Child>,
+    /// Threads collecting stdout and stderr.
+    drains: Option<(Drain, Drain)>,
+}
+type Drain = JoinHandle<Vec<u8>>;
+fn drain(mut r: impl Read + Send + 'static) -> Drain {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
 }
 impl Running {
+    fn new(mut child: Child) -> Running {
+        let out = drain(child.stdout.take().expect("piped stdout"));
+        let err = drain(child.stderr.take().expect("piped stderr"));
+        Running {
+            child: Some(child),
+            drains: Some((out, err)),
+        }
+    }
     fn pid(&self) -> libc::pid_t {
         self.child.as_ref().unwrap().id() as libc::pid_t
     }
@@ -210,14 +230,26 @@ impl Running {
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
     }
+    fn collect(&mut self, status: std::process::ExitStatus) -> Output {
+        let (out, err) = self.drains.take().unwrap();
+        Output {
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        }
+    }
     /// Waits for the exit, at most `within`; returns the output (stderr included).
     fn wait(mut self, within: Duration) -> Output {
         let mut child = self.child.take().unwrap();
         let end = Instant::now() + within;
-        while child.try_wait().unwrap().is_none() {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return self.collect(status);
+            }
             if Instant::now() > end {
                 let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
+                let status = child.wait().unwrap();
+                let out = self.collect(status);
                 panic!(
                     "did not exit within {within:?}; stderr:\n{}",
                     String::from_utf8_lossy(&out.stderr)
@@ -225,7 +257,6 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        child.wait_with_output().unwrap()
     }
 }
 impl Drop for Running {
@@ -249,7 +280,7 @@ fn run_service(s: &Setup, extra: &[(&str, &str)]) -> (Running, SocketAddr) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the binary");
-    let run = Running { child: Some(child) };
+    let run = Running::new(child);
     let (status, body) = wait_readyz(addr, Duration::from_secs(20), |st, _| st == 200);
     assert_eq!(status, 200, "service did not become ready: {body}");
     (run, addr)
