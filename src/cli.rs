@@ -32,8 +32,6 @@ USAGE:
     nats-k8s-callout check            validate the configuration and reach NATS, the JWKS
                                       and the Kubernetes API, reporting each
     nats-k8s-callout --help | --version
-
-ENVIRONMENT (name, default, meaning):
 ";
 
 /// Entry point of the binary.
@@ -46,7 +44,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("--help" | "-h" | "help") => {
-            print!("{USAGE}{}", crate::config::help_text());
+            print!("{USAGE}\n{}", crate::config::help_text());
             ExitCode::SUCCESS
         }
         Some("explain") => explain(&args[1..]),

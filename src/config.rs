@@ -77,7 +77,7 @@ pub const VARIABLES: &[VarSpec] = &[
 
 /// The `--help` text of the variable table.
 pub fn help_text() -> String {
-    let mut s = String::from("Environment variables:\n");
+    let mut s = String::from("ENVIRONMENT (default in brackets):\n");
     for v in VARIABLES {
         s.push_str(&format!("  {}\n      {}", v.name, v.help));
         if !v.default.is_empty() {
@@ -415,10 +415,7 @@ impl Reader<'_> {
         match std::fs::read_to_string(path) {
             Ok(s) => Some(s),
             Err(e) => {
-                self.problem(
-                    name,
-                    format!("cannot read {}: {}", path.display(), e.kind()),
-                );
+                self.problem(name, format!("cannot read {}: {}", path.display(), e));
                 None
             }
         }
