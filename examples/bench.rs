@@ -57,6 +57,7 @@ struct Params {
     seq_n: usize,
     storm_c: usize,
     storm_n: usize,
+    rounds: usize,
     mem_sizes: Vec<usize>,
     micro_iters: usize,
     out: PathBuf,
@@ -78,6 +79,7 @@ impl Params {
             seq_n: 1000,
             storm_c: 64,
             storm_n: 2000,
+            rounds: 3,
             mem_sizes: vec![0, 10_000, 100_000],
             micro_iters: 3000,
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/results.json"),
@@ -92,6 +94,7 @@ impl Params {
                     p.seq_n = 100;
                     p.storm_c = 16;
                     p.storm_n = 300;
+                    p.rounds = 1;
                     p.mem_sizes = vec![0, 1_000];
                     p.micro_iters = 200;
                 }
@@ -267,7 +270,7 @@ fn connect_once(port: u16, token: &str, deadline: Instant) -> Outcome {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct RunResult {
     lat: Latencies, // admitted connects only
     admitted: usize,
@@ -289,6 +292,15 @@ impl RunResult {
             Outcome::Timeout => self.timeouts += 1,
         }
     }
+    fn merge(&mut self, o: RunResult) {
+        self.lat.0.extend(o.lat.0);
+        self.admitted += o.admitted;
+        self.refused += o.refused;
+        self.failed += o.failed;
+        self.timeouts += o.timeouts;
+        self.wall_s += o.wall_s;
+    }
+
     fn json(&self) -> Value {
         json!({
             "admitted": self.admitted,
@@ -652,111 +664,183 @@ fn client_tokens(d: &K8sDouble) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Responder variants (A, B, C)
 
-struct Variant {
+/// One responder under test, with its own nats-server.
+struct Live {
     name: &'static str,
+    server: NatsServer,
+    responder: Option<ChildGuard>,
+    tokens: Vec<String>,
     seq: RunResult,
-    storm: RunResult,
-    responder_cpu_s: Option<f64>,
+    storms: Vec<RunResult>,
+    responder_cpu_s: f64,
     server_cpu_s: f64,
     rss_idle_kib: Option<u64>,
-    rss_after_kib: Option<u64>,
 }
 
-impl Variant {
+impl Live {
+    fn responder_pid(&self) -> Option<u32> {
+        self.responder.as_ref().map(ChildGuard::pid)
+    }
+
+    /// All storm rounds pooled (latencies, counts, wall time).
+    fn storm(&self) -> RunResult {
+        let mut all = RunResult::default();
+        for r in &self.storms {
+            all.merge(r.clone());
+        }
+        all
+    }
+
+    /// Connects per second: the median over the rounds.
+    fn connects_per_s(&self) -> f64 {
+        let mut v: Vec<f64> = self
+            .storms
+            .iter()
+            .map(|r| r.admitted as f64 / r.wall_s)
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    fn cpu_ms_per_connect(&self) -> (Option<f64>, f64) {
+        let adm = self.storm().admitted.max(1) as f64;
+        (
+            self.responder
+                .as_ref()
+                .map(|_| self.responder_cpu_s * 1000.0 / adm),
+            self.server_cpu_s * 1000.0 / adm,
+        )
+    }
+
     fn json(&self) -> Value {
-        let adm = self.storm.admitted.max(1) as f64;
+        let (rc, sc) = self.cpu_ms_per_connect();
+        let mut storm = self.storm().json();
+        storm["connects_per_s"] = num(self.connects_per_s());
+        storm["connects_per_s_rounds"] = self
+            .storms
+            .iter()
+            .map(|r| num(r.admitted as f64 / r.wall_s))
+            .collect();
         json!({
             "sequential": self.seq.json(),
-            "storm": self.storm.json(),
+            "storm": storm,
             "cpu": {
-                "responder_s": self.responder_cpu_s.map(num),
+                "responder_s": self.responder.as_ref().map(|_| num(self.responder_cpu_s)),
                 "server_s": num(self.server_cpu_s),
-                "responder_ms_per_connect": self.responder_cpu_s.map(|c| num(c * 1000.0 / adm)),
-                "server_ms_per_connect": num(self.server_cpu_s * 1000.0 / adm),
-                "responder_over_server": self.responder_cpu_s.map(|c| num(c / self.server_cpu_s)),
+                "responder_ms_per_connect": rc.map(num),
+                "server_ms_per_connect": num(sc),
+                "responder_over_server": rc.map(|r| num(r / sc)),
             },
-            "rss_kib": { "before_load": self.rss_idle_kib, "after_load": self.rss_after_kib },
+            "rss_kib": {
+                "before_load": self.rss_idle_kib,
+                "after_load": self.responder_pid().and_then(|pid| status_kib(pid, "VmRSS")),
+            },
         })
     }
 }
 
-fn drive(
-    name: &'static str,
-    p: &Params,
-    server: &NatsServer,
-    responder_pid: Option<u32>,
-    tokens: &[String],
-) -> Result<Variant, String> {
-    // Warm up (and check the path admits at all).
-    let warm = sequential(server.port(), tokens, 20);
-    if warm.admitted == 0 {
-        return Err(format!(
-            "{name}: no connect admitted in warm-up (refused {}, failed {}, timeouts {})",
-            warm.refused, warm.failed, warm.timeouts
-        ));
-    }
-    let rss_idle_kib = responder_pid.and_then(|pid| status_kib(pid, "VmRSS"));
-    eprintln!("  {name}: A sequential × {}", p.seq_n);
-    let seq = sequential(server.port(), tokens, p.seq_n);
-    let spid = server.pid().expect("server pid");
-    let s0 = cpu_seconds(spid).unwrap_or(f64::NAN);
-    let r0 = responder_pid.and_then(cpu_seconds);
-    eprintln!("  {name}: B storm {} × {}", p.storm_c, p.storm_n);
-    let storm = storm(server.port(), tokens, p.storm_c, p.storm_n);
-    let s1 = cpu_seconds(spid).unwrap_or(f64::NAN);
-    let r1 = responder_pid.and_then(cpu_seconds);
-    Ok(Variant {
-        name,
-        seq,
-        storm,
-        responder_cpu_s: r0.zip(r1).map(|(a, b)| b - a),
-        server_cpu_s: s1 - s0,
-        rss_idle_kib,
-        rss_after_kib: responder_pid.and_then(|pid| status_kib(pid, "VmRSS")),
-    })
-}
-
-fn run_variants(
-    p: &Params,
-    setup: &Setup,
-    double: &K8sDouble,
-    tokens: &[String],
-) -> Vec<Result<Variant, String>> {
-    let mut out = Vec::new();
+fn start_all(setup: &Setup, double: &K8sDouble, tokens: &[String]) -> (Vec<Live>, Vec<String>) {
+    let mut live = Vec::new();
+    let mut errors = Vec::new();
+    let mut add = |name: &'static str,
+                   server: NatsServer,
+                   responder: Result<Option<ChildGuard>, String>,
+                   tokens: &[String]| match responder {
+        Ok(responder) => live.push(Live {
+            name,
+            server,
+            responder,
+            tokens: tokens.to_vec(),
+            seq: RunResult::default(),
+            storms: Vec::new(),
+            responder_cpu_s: 0.0,
+            server_cpu_s: 0.0,
+            rss_idle_kib: None,
+        }),
+        Err(e) => errors.push(format!("{name}: {e}")),
+    };
 
     // no callout: the same server with plain token auth (one token for every client).
-    eprintln!("responder: no_callout");
-    {
-        let conf = format!(
-            "authorization {{ token: {} }}\nmax_control_line: 16384\n",
-            nats_k8s_callout::testkit::nats_server::quote(&tokens[0])
-        );
-        let server = NatsServer::start(&conf);
-        out.push(drive("no_callout", p, &server, None, &tokens[..1]));
-    }
-
+    let conf = format!(
+        "authorization {{ token: {} }}\nmax_control_line: 16384\n",
+        nats_k8s_callout::testkit::nats_server::quote(&tokens[0])
+    );
+    add(
+        "no_callout",
+        NatsServer::start(&conf),
+        Ok(None),
+        &tokens[..1],
+    );
     for (name, xkey) in [("null", false), ("null_xkey", true)] {
-        eprintln!("responder: {name}");
         let server = setup.callout_server(xkey);
-        let r = setup
-            .null_responder(&server, xkey)
-            .and_then(|g| drive(name, p, &server, Some(g.pid()), tokens));
-        out.push(r);
+        let r = setup.null_responder(&server, xkey).map(Some);
+        add(name, server, r, tokens);
     }
-
     for (name, xkey) in [("ours", false), ("ours_xkey", true)] {
-        eprintln!("responder: {name}");
         let server = setup.callout_server(xkey);
         let port = free_port();
         let r = setup
             .service(&server, double, xkey, port)
             .and_then(|mut g| {
                 wait_ready(&mut g, port, double, Instant::now())?;
-                drive(name, p, &server, Some(g.pid()), tokens)
+                Ok(Some(g))
             });
-        out.push(r);
+        add(name, server, r, tokens);
     }
-    out
+    (live, errors)
+}
+
+/// A and B for every responder, interleaved in rounds so drift on a shared machine hits all
+/// responders alike. CPU is accounted over B only.
+fn run_variants(
+    p: &Params,
+    setup: &Setup,
+    double: &K8sDouble,
+    tokens: &[String],
+) -> (Vec<Live>, Vec<String>) {
+    eprintln!("starting every responder");
+    let (mut live, mut errors) = start_all(setup, double, tokens);
+    live.retain_mut(|l| {
+        let warm = sequential(l.server.port(), &l.tokens, 20);
+        if warm.admitted == 0 {
+            errors.push(format!(
+                "{}: no connect admitted in warm-up (refused {}, failed {}, timeouts {})",
+                l.name, warm.refused, warm.failed, warm.timeouts
+            ));
+            return false;
+        }
+        l.rss_idle_kib = l.responder_pid().and_then(|pid| status_kib(pid, "VmRSS"));
+        true
+    });
+    for round in 0..p.rounds {
+        let n = p.seq_n / p.rounds + usize::from(round < p.seq_n % p.rounds);
+        for l in &mut live {
+            eprintln!("  round {}: {} A sequential × {n}", round + 1, l.name);
+            let r = sequential(l.server.port(), &l.tokens, n);
+            l.seq.merge(r);
+        }
+        for l in &mut live {
+            eprintln!(
+                "  round {}: {} B storm {} × {}",
+                round + 1,
+                l.name,
+                p.storm_c,
+                p.storm_n
+            );
+            let spid = l.server.pid().expect("server pid");
+            let s0 = cpu_seconds(spid).unwrap_or(f64::NAN);
+            let r0 = l.responder_pid().and_then(cpu_seconds);
+            let r = storm(l.server.port(), &l.tokens, p.storm_c, p.storm_n);
+            let s1 = cpu_seconds(spid).unwrap_or(f64::NAN);
+            let r1 = l.responder_pid().and_then(cpu_seconds);
+            l.server_cpu_s += s1 - s0;
+            if let (Some(a), Some(b)) = (r0, r1) {
+                l.responder_cpu_s += b - a;
+            }
+            l.storms.push(r);
+        }
+    }
+    (live, errors)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -795,7 +879,7 @@ fn memory(p: &Params, setup: &Setup) -> Vec<Result<MemPoint, String>> {
                     hwm_kib: status_kib(g.pid(), "VmHWM"),
                 })
             });
-        out.push(r);
+        out.push(r.map_err(|e| format!("memory with {total} ServiceAccounts: {e}")));
     }
     out
 }
@@ -1047,6 +1131,97 @@ fn micro(p: &Params) -> Vec<Result<Micro, String>> {
         .map_err(|e| format!("{name}: {e}"));
         out.push(r);
     }
+
+    // Where the time of one decision goes: its parts, timed alone.
+    eprintln!("micro: parts of a decision");
+    let (plain, _) = request_payload(&server, &server_x, None, &issuer.public_key(), &rs_token);
+    let plain = String::from_utf8(plain).expect("utf8 request");
+    let now = unix_now();
+    let claims = callout::request::verify(&plain, Some(&issuer.public_key()), now);
+    let part = |name: &'static str, r: Result<(f64, f64), String>| {
+        r.map(|(p50_us, p99_us)| Micro {
+            name,
+            p50_us,
+            p99_us,
+        })
+        .map_err(|e| format!("{name}: {e}"))
+    };
+    match claims {
+        Ok(claims) => {
+            let msg = vec![b'x'; 700];
+            let sig = issuer.sign(&msg).expect("sign");
+            out.push(part(
+                "part_ed25519_sign",
+                time_it(iters, || issuer.sign(&msg).is_ok()),
+            ));
+            out.push(part(
+                "part_ed25519_verify",
+                time_it(iters, || issuer.verify(&msg, &sig).is_ok()),
+            ));
+            out.push(part(
+                "part_request_verify_decode",
+                time_it(iters, || {
+                    callout::request::verify(&plain, Some(&issuer.public_key()), now).is_ok()
+                }),
+            ));
+            let auth = callout::request::to_auth_request(&claims);
+            out.push(part(
+                "part_decide_validate_lookup_policy",
+                time_it(iters, || {
+                    matches!(decider.decide(&auth), Decision::Allow(_))
+                }),
+            ));
+            let settings = PolicySettings::default();
+            let sa = client_sa(0);
+            out.push(part(
+                "part_policy_evaluate",
+                time_it(iters, || {
+                    policy::evaluate(
+                        &settings,
+                        &sa.namespace,
+                        &sa.name,
+                        sa.annotations
+                            .get("nats.io/allowed-pub-subjects")
+                            .map(String::as_str),
+                        sa.annotations
+                            .get("nats.io/allowed-sub-subjects")
+                            .map(String::as_str),
+                    )
+                    .is_ok()
+                }),
+            ));
+            match (
+                decider.decide(&auth),
+                callout::Signers::new(
+                    Placement::Config {
+                        account: "APP".into(),
+                    },
+                    &issuer.seed().expect("seed"),
+                    None,
+                ),
+            ) {
+                (Decision::Allow(grant), Ok(signers)) => out.push(part(
+                    "part_sign_user_jwt_and_response",
+                    time_it(iters, || signers.allow(&claims, &grant, now).is_ok()),
+                )),
+                _ => out.push(Err("part_sign_user_jwt_and_response: no grant".into())),
+            }
+            let boxed =
+                callout::XKeyBox::from_seed(&service_x.seed().expect("seed")).expect("xkey box");
+            let sealed = server_x.seal(plain.as_bytes(), &service_x).expect("seal");
+            let server_pub = server_x.public_key();
+            out.push(part(
+                "part_xkey_open_request",
+                time_it(iters, || boxed.open(&sealed, &server_pub).is_ok()),
+            ));
+            let resp = vec![b'r'; 1200];
+            out.push(part(
+                "part_xkey_seal_response",
+                time_it(iters, || boxed.seal(&resp, &server_pub).is_ok()),
+            ));
+        }
+        Err(e) => out.push(Err(format!("parts: request does not verify: {}", e.code()))),
+    }
     out
 }
 
@@ -1099,83 +1274,44 @@ fn ratio(a: f64, b: f64) -> Value {
     }
 }
 
-fn main() {
-    let p = Params::from_args();
-    let started = Instant::now();
-    let mut results = BTreeMap::<String, Value>::new();
-    results.insert("machine".into(), machine());
-    results.insert(
-        "params".into(),
-        json!({
-            "quick": p.quick, "sequential_n": p.seq_n, "storm_clients": p.storm_c,
-            "storm_n": p.storm_n, "memory_extra_service_accounts": p.mem_sizes,
-            "micro_iterations": p.micro_iters,
-        }),
+/// Prints the A/B/C table and the ratios; returns their JSON.
+fn report_variants(p: &Params, live: &[Live]) -> (Value, Value) {
+    println!(
+        "\nA/B/C: connects (A sequential ×{}; B storm {} clients × {} connects, {} rounds, conn/s = median round; CPU over all B rounds)",
+        p.seq_n, p.storm_c, p.storm_n, p.rounds
     );
-
-    let mut variants = Vec::new();
-    let mut mem = Vec::new();
-    if !p.only_micro {
-        let double = start_double(0);
-        let tokens = client_tokens(&double);
-        let setup = Setup::new(p.bin_dir.clone(), &double.token());
-        variants = run_variants(&p, &setup, &double, &tokens);
-        mem = memory(&p, &setup);
-    }
-    let micros = micro(&p);
-
-    // ---- tables
-    let mut errors = Vec::new();
-    if !variants.is_empty() {
-        println!(
-            "\nA/B/C: connects (A sequential ×{}, B storm {} clients × {})",
-            p.seq_n, p.storm_c, p.storm_n
-        );
-        println!(
-            "| responder | A p50 ms | A p99 ms | B conn/s | B p50 ms | B p99 ms | B max ms | fail | timeout | refused | resp CPU ms/conn | server CPU ms/conn | resp/server CPU |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    }
+    println!(
+        "| responder | A p50 ms | A p99 ms | B conn/s | B p50 ms | B p99 ms | B max ms | fail | timeout | refused | resp CPU ms/conn | server CPU ms/conn | resp/server CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut vj = serde_json::Map::new();
-    let mut by_name = HashMap::new();
-    for v in &variants {
-        match v {
-            Ok(v) => {
-                let adm = v.storm.admitted.max(1) as f64;
-                let rc = v
-                    .responder_cpu_s
-                    .map(|c| c * 1000.0 / adm)
-                    .unwrap_or(f64::NAN);
-                let sc = v.server_cpu_s * 1000.0 / adm;
-                println!(
-                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    v.name,
-                    f2(v.seq.lat.quantile(0.5)),
-                    f2(v.seq.lat.quantile(0.99)),
-                    v.storm.admitted as f64 / v.storm.wall_s,
-                    f2(v.storm.lat.quantile(0.5)),
-                    f2(v.storm.lat.quantile(0.99)),
-                    f2(v.storm.lat.max()),
-                    v.storm.failed + v.seq.failed,
-                    v.storm.timeouts + v.seq.timeouts,
-                    v.storm.refused + v.seq.refused,
-                    f2(rc),
-                    f2(sc),
-                    f2(rc / sc),
-                );
-                vj.insert(v.name.into(), v.json());
-                by_name.insert(v.name, v);
-            }
-            Err(e) => errors.push(e.clone()),
-        }
+    for v in live {
+        let st = v.storm();
+        let (rc, sc) = v.cpu_ms_per_connect();
+        let rc = rc.unwrap_or(f64::NAN);
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            v.name,
+            f2(v.seq.lat.quantile(0.5)),
+            f2(v.seq.lat.quantile(0.99)),
+            v.connects_per_s(),
+            f2(st.lat.quantile(0.5)),
+            f2(st.lat.quantile(0.99)),
+            f2(st.lat.max()),
+            st.failed + v.seq.failed,
+            st.timeouts + v.seq.timeouts,
+            st.refused + v.seq.refused,
+            f2(rc),
+            f2(sc),
+            f2(rc / sc),
+        );
+        vj.insert(v.name.into(), v.json());
     }
-    results.insert("responders".into(), Value::Object(vj));
-
-    // ratios within this run
+    let by_name: HashMap<&str, &Live> = live.iter().map(|l| (l.name, l)).collect();
     let cps = |n: &str| {
         by_name
             .get(n)
-            .map(|v| v.storm.admitted as f64 / v.storm.wall_s)
+            .map(|v| v.connects_per_s())
             .unwrap_or(f64::NAN)
     };
     let seq50 = |n: &str| {
@@ -1187,7 +1323,10 @@ fn main() {
     let cpu_ratio = |n: &str| {
         by_name
             .get(n)
-            .and_then(|v| v.responder_cpu_s.map(|c| c / v.server_cpu_s))
+            .and_then(|v| {
+                let (r, s) = v.cpu_ms_per_connect();
+                r.map(|r| r / s)
+            })
             .unwrap_or(f64::NAN)
     };
     let ratios = json!({
@@ -1200,27 +1339,55 @@ fn main() {
         "C_cpu_ours_over_server": num(cpu_ratio("ours")),
         "C_cpu_ours_xkey_over_server": num(cpu_ratio("ours_xkey")),
         "C_cpu_null_over_server": num(cpu_ratio("null")),
+        "C_cpu_null_xkey_over_server": num(cpu_ratio("null_xkey")),
     });
-    if !variants.is_empty() {
-        println!("\nratios (this run)");
-        println!("| ratio | value | target |");
-        println!("|---|---|---|");
-        let target = |k: &str| match k {
-            "B_connects_per_s_ours_over_null" | "B_connects_per_s_ours_xkey_over_null_xkey" => {
-                "≥ 0.90"
-            }
-            "C_cpu_ours_over_server" | "C_cpu_ours_xkey_over_server" => "≤ 0.10",
-            _ => "",
-        };
-        for (k, v) in ratios.as_object().into_iter().flatten() {
-            println!(
-                "| {k} | {} | {} |",
-                v.as_f64().map(f2).unwrap_or("-".into()),
-                target(k)
-            );
-        }
+    println!("\nratios (this run)");
+    println!("| ratio | value | target |");
+    println!("|---|---|---|");
+    let target = |k: &str| match k {
+        "B_connects_per_s_ours_over_null" | "B_connects_per_s_ours_xkey_over_null_xkey" => "≥ 0.90",
+        "C_cpu_ours_over_server" | "C_cpu_ours_xkey_over_server" => "≤ 0.10",
+        _ => "",
+    };
+    for (k, v) in ratios.as_object().into_iter().flatten() {
+        println!(
+            "| {k} | {} | {} |",
+            v.as_f64().map(f2).unwrap_or("-".into()),
+            target(k)
+        );
     }
-    results.insert("ratios".into(), ratios);
+    (Value::Object(vj), ratios)
+}
+
+fn main() {
+    let p = Params::from_args();
+    let started = Instant::now();
+    let mut results = BTreeMap::<String, Value>::new();
+    results.insert("machine".into(), machine());
+    results.insert(
+        "params".into(),
+        json!({
+            "quick": p.quick, "sequential_n": p.seq_n, "storm_clients": p.storm_c,
+            "storm_n": p.storm_n, "rounds": p.rounds, "memory_extra_service_accounts": p.mem_sizes,
+            "micro_iterations": p.micro_iters,
+        }),
+    );
+
+    let mut errors = Vec::new();
+    let mut mem = Vec::new();
+    if !p.only_micro {
+        let double = start_double(0);
+        let tokens = client_tokens(&double);
+        let setup = Setup::new(p.bin_dir.clone(), &double.token());
+        let (live, errs) = run_variants(&p, &setup, &double, &tokens);
+        errors.extend(errs);
+        let (vj, ratios) = report_variants(&p, &live);
+        results.insert("responders".into(), vj);
+        results.insert("ratios".into(), ratios);
+        drop(live);
+        mem = memory(&p, &setup);
+    }
+    let micros = micro(&p);
 
     let mut mj = Vec::new();
     if !mem.is_empty() {
