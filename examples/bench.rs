@@ -36,7 +36,7 @@ use nats_k8s_callout::natsjwt::{self, AuthorizationRequest, Claims, REQUEST_AUDI
 use nats_k8s_callout::policy::{self, PolicySettings};
 use nats_k8s_callout::secret::Secret;
 use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, ServiceAccount};
-use nats_k8s_callout::testkit::nats_server::{free_port, CalloutConfig, NatsServer};
+use nats_k8s_callout::testkit::nats_server::{free_port, CalloutServerConfig, NatsServer};
 use nats_k8s_callout::token::{self, validate::KeyLookup, KeySet, TokenConfig};
 use nkeys::{KeyPair, XKey};
 use serde_json::{json, Value};
@@ -450,7 +450,7 @@ impl Setup {
     }
 
     fn callout_server(&self, xkey: bool) -> NatsServer {
-        let mut c = CalloutConfig::new(self.issuer.public_key(), self.auth_password.clone())
+        let mut c = CalloutServerConfig::new(self.issuer.public_key(), self.auth_password.clone())
             .extra("max_control_line: 16384");
         if xkey {
             c = c.xkey(self.xkey.public_key());

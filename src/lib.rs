@@ -16,9 +16,11 @@
 //! - `testkit`: a nats-server process harness and a Kubernetes API double, for tests, the demo
 //!   and the benchmarks (never used by the service itself).
 
+pub mod app;
 pub mod authz;
 pub mod backoff;
 pub mod callout;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decision;

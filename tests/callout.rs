@@ -96,8 +96,8 @@ impl Drop for World {
 fn config_world(xkey: bool, timeout_secs: f64, tweak: impl FnOnce(&mut CalloutConfig)) -> World {
     let issuer = KeyPair::new_account();
     let service_x = xkey.then(XKey::new);
-    let mut sc =
-        nats_server::CalloutConfig::new(issuer.public_key(), "test-pw").timeout_secs(timeout_secs);
+    let mut sc = nats_server::CalloutServerConfig::new(issuer.public_key(), "test-pw")
+        .timeout_secs(timeout_secs);
     if let Some(x) = &service_x {
         sc = sc.xkey(x.public_key());
     }

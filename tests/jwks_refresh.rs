@@ -10,6 +10,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nats_k8s_callout::httpclient::HttpSettings;
 use nats_k8s_callout::jwks::{
     default_http, start_refresher, IssuerSource, JwksError, KeySource, KeyStore, StoreConfig,
 };
@@ -175,7 +176,11 @@ fn url_store(fake: &Fake, cfg: StoreConfig) -> Arc<KeyStore> {
             issuer: K8S_ISS.into(),
             source: KeySource::Jwks {
                 url: fake.jwks_url(),
-                http: default_http(None),
+                // Short deadlines: a pooled connection to a stopped fake hangs until them.
+                http: HttpSettings {
+                    total_timeout: Some(Duration::from_secs(2)),
+                    ..default_http(None)
+                },
                 bearer: None,
             },
         }],
@@ -338,6 +343,36 @@ fn concurrent_lookups_share_one_in_flight_fetch() {
 }
 
 #[test]
+fn unknown_kid_lookup_waits_a_bounded_time_and_the_fetch_still_lands() {
+    let fake = Fake::start(&read("k8s-testkeys/jwks-only-other.json"));
+    let store = url_store(
+        &fake,
+        StoreConfig {
+            unknown_kid_min_interval: Duration::from_secs(60),
+            in_flight_wait: Duration::from_millis(100),
+            ..fast()
+        },
+    );
+    store.refresh(K8S_ISS).unwrap();
+    fake.set(|s| {
+        s.jwks = read("k8s-testkeys/jwks-rotated.json");
+        s.delay = Duration::from_millis(1200);
+    });
+    let v = validator(&store);
+    let pod = read("k8s-testkeys/valid_rs256_pod.jwt");
+    let t = Instant::now();
+    assert_eq!(v.validate(&pod, NOW).unwrap_err(), TokenError::UnknownKid);
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "the lookup must not wait for the slow server: {:?}",
+        t.elapsed()
+    );
+    // The client's retry is served by the fetch that went on in the background.
+    eventually("background fetch lands", || v.validate(&pod, NOW).is_ok());
+    assert_eq!(fake.hits(), 2);
+}
+
+#[test]
 fn outages_and_bad_answers_keep_the_last_good_keys() {
     let mut fake = Fake::start(&read("k8s-testkeys/jwks.json"));
     fake.set(|s| s.cache_control = Some("max-age=0".into()));
@@ -376,12 +411,14 @@ fn outages_and_bad_answers_keep_the_last_good_keys() {
         assert_eq!(store.key_set(K8S_ISS).unwrap().len(), 2);
         assert!(v.validate(&pod, NOW).is_ok(), "status {status}");
     }
-    assert!(matches!(store.refresh(K8S_ISS), Err(JwksError::Parse(_))));
+    // (A refresh may join the refresher's fetch in flight and report its result.)
+    eventually("parse error reported", || {
+        matches!(store.refresh(K8S_ISS), Err(JwksError::Parse(_)))
+    });
     fake.go_down();
-    assert!(matches!(
-        store.refresh(K8S_ISS),
-        Err(JwksError::Transport(_))
-    ));
+    eventually("transport error reported", || {
+        matches!(store.refresh(K8S_ISS), Err(JwksError::Transport(_)))
+    });
     std::thread::sleep(Duration::from_millis(200));
     assert!(store.ready());
     assert!(v.validate(&pod, NOW).is_ok());
@@ -535,4 +572,63 @@ fn store_setup_refuses_unsafe_or_ambiguous_sources() {
     assert!(Validator::new(cfg, store)
         .unwrap_err()
         .contains("no key source"));
+}
+
+#[test]
+fn several_issuers_each_with_their_own_keys() {
+    let fake = Fake::start(&read("k8s-testkeys/jwks.json"));
+    let dir = std::env::temp_dir().join(format!("jwks-multi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let eks_file = dir.join("eks.json");
+    let eks: serde_json::Value = serde_json::from_str(&read("eks-peer/expected.json")).unwrap();
+    let eks_iss = eks["issuer"].as_str().unwrap();
+    let store = KeyStore::new(
+        vec![
+            IssuerSource {
+                issuer: K8S_ISS.into(),
+                source: KeySource::Jwks {
+                    url: fake.jwks_url(),
+                    http: default_http(None),
+                    bearer: None,
+                },
+            },
+            IssuerSource {
+                issuer: eks_iss.into(),
+                source: KeySource::File(eks_file.clone()),
+            },
+        ],
+        fast(),
+    )
+    .unwrap();
+    let handle = start_refresher(store.clone()).unwrap();
+    eventually("first issuer loaded", || {
+        store.key_set(K8S_ISS).is_some_and(|k| !k.is_empty())
+    });
+    assert!(!store.ready(), "ready only when every issuer has keys");
+    std::fs::write(&eks_file, read("eks-peer/jwks.json")).unwrap();
+    eventually("both issuers loaded", || store.ready());
+    assert_eq!(store.key_set(eks_iss).unwrap().len(), 13);
+
+    let cfg = TokenConfig::new(
+        vec![K8S_ISS.into(), eks_iss.into()],
+        vec!["nats".into(), "sts.amazonaws.com".into()],
+    );
+    let v = Validator::new(cfg, store.clone()).unwrap();
+    assert!(v
+        .validate(&read("k8s-testkeys/valid_rs256_pod.jwt"), NOW)
+        .is_ok());
+    let eks_tok = read("eks-peer/token.jwt");
+    let eks_now = eks["iat"].as_u64().unwrap() + 10;
+    assert_eq!(v.validate(&eks_tok, eks_now).unwrap().namespace, "hakawai");
+    // A token is only ever checked against its own issuer's keys: the no-kid k8s token fails
+    // once its issuer has only foreign keys, even though another issuer holds the right key.
+    fake.set(|s| s.jwks = read("eks-peer/jwks.json"));
+    store.refresh(K8S_ISS).unwrap();
+    assert_eq!(
+        v.validate(&read("k8s-testkeys/valid_rs256_no_kid.jwt"), NOW)
+            .unwrap_err(),
+        TokenError::Signature
+    );
+    handle.stop();
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -624,3 +624,27 @@ fn server_timeout_rewatches_without_error_and_a_silent_stream_trips_the_idle_gua
         uid_of(&q.cache, "shop", "x") == Some(x.uid.clone())
     });
 }
+
+#[test]
+fn stop_ends_the_watcher_and_its_watch() {
+    let d = K8sDouble::start(DoubleOptions::default()).unwrap();
+    seed7(&d);
+    let mut s = start_cache(&d, cfg());
+    assert!(s.cache.wait_synced(Duration::from_secs(5)));
+    eventually("watch open", Duration::from_secs(5), || {
+        d.open_watches() == 1
+    });
+    let watches = d.requests("watch");
+    let t0 = Instant::now();
+    s.watcher.take().unwrap().stop();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    eventually("watch closed", Duration::from_secs(5), || {
+        d.open_watches() == 0
+    });
+    d.create_sa("shop", "after-stop", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.cache.get_cached("shop", "after-stop").is_none());
+    assert_eq!(d.requests("watch"), watches, "no new watch after stop");
+    // The stopped cache still answers from its last state.
+    assert!(matches!(s.cache.lookup("shop", "sa-0"), Lookup::Found(_)));
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nats_k8s_callout::nats::{Auth, Connection, Error, Headers, Message, Options, TlsOptions};
 use nats_k8s_callout::secret::Secret;
 use nats_k8s_callout::testkit::nats_server::{
-    configs, tls_fixtures_dir, CalloutConfig, NatsServer,
+    configs, tls_fixtures_dir, CalloutServerConfig, NatsServer,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -141,12 +141,20 @@ fn cross_check_with_async_nats() {
         theirs.flush().await.unwrap();
         let mut h = Headers::new();
         h.insert("Our-Header", "ours");
-        ours.publish_with_headers("x.from.ours", Some("r.1"), &h, b"payload-b")
-            .unwrap();
-        let m = tokio::time::timeout(WAIT, their_sub.next())
-            .await
-            .unwrap()
-            .unwrap();
+        // async-nats' flush does not wait for the server, so its SUB may not be active yet:
+        // publish until it arrives (bounded).
+        let mut got = None;
+        for _ in 0..25 {
+            ours.publish_with_headers("x.from.ours", Some("r.1"), &h, b"payload-b")
+                .unwrap();
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(200), their_sub.next()).await
+            {
+                got = Some(m);
+                break;
+            }
+        }
+        let m = got.expect("async-nats received our message within 5 s");
         assert_eq!(&m.payload[..], b"payload-b");
         assert_eq!(m.reply.as_deref(), Some("r.1"));
         assert_eq!(
@@ -541,7 +549,7 @@ fn lame_duck_moves_to_another_server() {
 fn callout_config_is_accepted_by_the_server() {
     let issuer = nkeys::KeyPair::new_account();
     let xkey = nkeys::XKey::new();
-    let conf = CalloutConfig::new(issuer.public_key(), "authpw")
+    let conf = CalloutServerConfig::new(issuer.public_key(), "authpw")
         .xkey(xkey.public_key())
         .timeout_secs(0.5)
         .render();
@@ -578,4 +586,273 @@ fn errors_are_not_connected_while_down_and_never_buffer() {
         c.flush(Duration::from_millis(100)),
         Err(Error::NotConnected)
     ));
+}
+
+/// Operator-mode server with one account; returns (server, account key pair).
+fn operator_server() -> (NatsServer, nkeys::KeyPair) {
+    use nats_k8s_callout::natsjwt::{self, Account, Claims, Operator};
+    let op = nkeys::KeyPair::new_operator();
+    let acc = nkeys::KeyPair::new_account();
+    let now = nats_k8s_callout::clock::unix_now();
+    let op_jwt = natsjwt::encode(
+        &mut Claims::new(op.public_key(), now, Operator::default()),
+        &op,
+    )
+    .unwrap();
+    let acc_jwt = natsjwt::encode(
+        &mut Claims::new(acc.public_key(), now, Account::default()),
+        &op,
+    )
+    .unwrap();
+    let conf = format!(
+        "operator: {op_jwt}\nresolver: MEMORY\nresolver_preload: {{ {}: {acc_jwt} }}\n",
+        acc.public_key()
+    );
+    (NatsServer::start(&conf), acc)
+}
+
+fn user_creds(account: &nkeys::KeyPair) -> String {
+    use nats_k8s_callout::natsjwt::{self, Claims, User};
+    let user = nkeys::KeyPair::new_user();
+    let mut claims = Claims::new(
+        user.public_key(),
+        nats_k8s_callout::clock::unix_now(),
+        User::default(),
+    );
+    let jwt = natsjwt::encode(&mut claims, account).unwrap();
+    natsjwt::creds_text(&jwt, &user.seed().unwrap())
+}
+
+#[test]
+fn creds_file_auth_rereads_the_file_on_every_connect() {
+    let (srv, acc) = operator_server();
+    let path = srv.dir().join("user.creds");
+    std::fs::write(&path, user_creds(&acc)).unwrap();
+    let mut o = opts(&[srv.url()]);
+    o.auth = Auth::CredsFile(path.clone());
+    let c = Connection::connect(o.clone()).unwrap();
+    assert!(c.server_info().unwrap().nonce.is_some());
+    assert_round_trip(&c, "creds.a");
+
+    // a user of an account the server does not know: refused
+    let stranger = nkeys::KeyPair::new_account();
+    std::fs::write(&path, user_creds(&stranger)).unwrap();
+    let e = Connection::connect(o.clone()).unwrap_err();
+    assert_eq!(e.code(), "authorization_violation", "{e}");
+
+    // a valid JWT with somebody else's seed: the nonce signature does not match
+    let good = user_creds(&acc);
+    let other_seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let jwt_line = good.lines().nth(1).unwrap();
+    std::fs::write(
+        &path,
+        nats_k8s_callout::natsjwt::creds_text(jwt_line, &other_seed),
+    )
+    .unwrap();
+    let e = Connection::connect(o.clone()).unwrap_err();
+    assert_eq!(e.code(), "authorization_violation", "{e}");
+
+    std::fs::write(&path, good).unwrap();
+    assert_round_trip(&Connection::connect(o.clone()).unwrap(), "creds.b");
+
+    std::fs::remove_file(&path).unwrap();
+    let e = Connection::connect(o).unwrap_err();
+    assert_eq!(e.code(), "credentials", "{e}");
+}
+
+#[test]
+fn payload_over_the_server_limit_is_refused_locally() {
+    let srv = NatsServer::start("max_payload: 1024");
+    let c = connect(&srv.url());
+    assert_eq!(c.server_info().unwrap().max_payload, 1024);
+    let sub = c.subscribe("big", None, 4).unwrap();
+    c.flush(WAIT).unwrap();
+    let e = c.publish("big", None, &[7u8; 1025]).unwrap_err();
+    assert_eq!(e.code(), "payload_too_large");
+    let mut h = Headers::new();
+    h.insert("K", "v");
+    let e = c
+        .publish_with_headers("big", None, &h, &[7u8; 1020])
+        .unwrap_err();
+    assert_eq!(e.code(), "payload_too_large");
+    c.publish("big", None, &[7u8; 1024]).unwrap();
+    assert_eq!(recv(&sub).payload.len(), 1024);
+    assert!(c.is_connected());
+}
+
+#[test]
+fn tls_connection_reconnects_after_restart() {
+    let mut srv = NatsServer::start(&configs::tls(true));
+    let c = Connection::connect(tls_opts(srv.url(), Some("ca.pem"), true)).unwrap();
+    let sub = c.subscribe("tls.re", None, 4).unwrap();
+    c.flush(WAIT).unwrap();
+    let reconnects = nats_k8s_callout::metrics::global().counter(
+        nats_k8s_callout::nats::METRIC_RECONNECTS,
+        "",
+        &[],
+    );
+    let before = reconnects.get();
+    srv.restart();
+    wait_until("disconnect noticed", || {
+        !c.is_connected() || reconnects.get() > before
+    });
+    wait_until("reconnect", || c.is_connected());
+    assert!(reconnects.get() > before);
+    c.flush(WAIT).unwrap();
+    c.publish("tls.re", None, b"again").unwrap();
+    assert_eq!(recv(&sub).payload, b"again");
+}
+
+#[test]
+fn oversized_connect_is_reported_as_max_control_line() {
+    let srv = NatsServer::start(&configs::token(&"t".repeat(5000)));
+    let mut o = opts(&[srv.url()]);
+    o.auth = Auth::Token(Secret::new("t".repeat(5000)));
+    let e = Connection::connect(o.clone()).unwrap_err();
+    assert_eq!(e.code(), "max_control_line_exceeded", "{e}");
+    assert!(!e.to_string().contains("tttttttt"));
+    // and works once the server allows longer lines
+    let srv = NatsServer::start(&format!(
+        "max_control_line: 8192\n{}",
+        configs::token(&"t".repeat(5000))
+    ));
+    o.servers = vec![srv.url()];
+    assert_round_trip(&Connection::connect(o).unwrap(), "big.token");
+}
+
+#[test]
+fn connection_and_subscription_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Connection>();
+    check::<nats_k8s_callout::nats::Subscription>();
+    let o = Options {
+        auth: Auth::UserPassword {
+            user: "u".into(),
+            password: Secret::new("pw-never-printed"),
+        },
+        ..Options::new(vec!["nats://127.0.0.1:1".into()])
+    };
+    assert!(!format!("{o:?}").contains("pw-never-printed"));
+}
+
+#[test]
+fn subscription_drain_keeps_in_flight_messages() {
+    let srv = NatsServer::start("");
+    let c = connect(&srv.url());
+    let other = connect(&srv.url());
+    let sub = c.subscribe("sd", Some("q"), 1000).unwrap();
+    c.flush(WAIT).unwrap();
+    // a publisher racing with the drain: everything the server routed to us before the UNSUB
+    // is delivered, nothing after it, and nothing is lost in between
+    let publisher = std::thread::spawn(move || {
+        for i in 0..500 {
+            other
+                .publish("sd", None, format!("{i}").as_bytes())
+                .unwrap();
+        }
+        other.flush(WAIT).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(2));
+    sub.drain(WAIT).unwrap();
+    publisher.join().unwrap();
+    let got: Vec<u32> = sub
+        .receiver()
+        .iter()
+        .map(|m| String::from_utf8(m.payload).unwrap().parse().unwrap())
+        .collect();
+    // a prefix 0..n in order, with no gaps
+    assert_eq!(got, (0..got.len() as u32).collect::<Vec<_>>());
+    assert_eq!(sub.dropped(), 0);
+    assert!(c.is_connected());
+}
+
+#[test]
+fn learns_cluster_peers_from_info_and_fails_over_to_them() {
+    let mut servers = NatsServer::cluster(2, "");
+    let b_url = servers[1].url();
+    let c = connect(&servers[0].url());
+    let sub = c.subscribe("cl", None, 4).unwrap();
+    c.flush(WAIT).unwrap();
+    wait_until("connect_urls announce the peer", || {
+        c.server_info()
+            .is_some_and(|i| i.connect_urls.iter().any(|u| b_url.ends_with(u.as_str())))
+    });
+    servers[0].stop();
+    wait_until("failover to the announced peer", || {
+        c.is_connected() && c.current_server() == b_url
+    });
+    c.flush(WAIT).unwrap();
+    let other = connect(&b_url);
+    other.publish("cl", None, b"via b").unwrap();
+    other.flush(WAIT).unwrap();
+    assert_eq!(recv(&sub).payload, b"via b");
+}
+
+#[test]
+fn garbage_from_the_server_drops_the_link_without_panicking() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let holder = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&b[..n]);
+        }
+        s.write_all(b"PONG\r\nMSG a 1 99999999999\r\n").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let c = Connection::connect(opts(&[url])).unwrap();
+    wait_until("link dropped", || !c.is_connected());
+    c.close();
+    holder.join().unwrap();
+}
+
+/// `num_connections` from the server's monitor (`/connz`).
+fn monitor_connections(srv: &NatsServer) -> u64 {
+    use std::io::Write;
+    let port = srv.monitor_port().expect("monitor enabled");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let json = &body[body.find("\r\n\r\n").expect("http response") + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["num_connections"].as_u64().unwrap()
+}
+
+#[test]
+fn dropping_the_last_handle_closes_the_connection() {
+    let srv = NatsServer::start_with_monitor("");
+    // the harness' readiness probe may still be counted for a moment
+    wait_until("no connections", || monitor_connections(&srv) == 0);
+    let c = connect(&srv.url());
+    let sub = c.subscribe("x", None, 1).unwrap();
+    let c2 = c.clone();
+    drop(c);
+    c2.flush(WAIT).unwrap();
+    assert_eq!(monitor_connections(&srv), 1);
+    drop(c2);
+    // the subscription still holds the connection
+    assert_eq!(monitor_connections(&srv), 1);
+    drop(sub);
+    wait_until("server sees the close", || monitor_connections(&srv) == 0);
+}
+
+#[test]
+fn nkey_auth_refuses_to_connect_without_a_nonce() {
+    // A server without nkey users sends no nonce: we refuse rather than send an unsigned
+    // CONNECT.
+    let srv = NatsServer::start("");
+    assert!(connect(&srv.url()).server_info().unwrap().nonce.is_none());
+    let mut o = opts(&[srv.url()]);
+    o.auth = Auth::NkeySeed(Secret::new(nkeys::KeyPair::new_user().seed().unwrap()));
+    let e = Connection::connect(o).unwrap_err();
+    assert_eq!(e.code(), "credentials", "{e}");
 }

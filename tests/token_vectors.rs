@@ -583,6 +583,21 @@ fn minted_shape_and_algorithm_attacks() {
         assert_eq!(code(t, NOW), "malformed", "case {i}");
     }
 
+    // Deeply nested JSON in an ignored claim is skipped without recursion (no stack
+    // overflow); the token then fails on its missing claims.
+    let deep = format!(
+        r#"{{"iss":"{K8S_ISS}","x":{}{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    assert_eq!(code(&m.rs256(&h, &deep), NOW), "missing_exp");
+    let deep_aud = format!(
+        r#"{{"iss":"{K8S_ISS}","aud":{}{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    assert_eq!(code(&m.rs256(&h, &deep_aud), NOW), "malformed");
+
     // An empty signature is well-formed (alg none uses it) but verifies nothing.
     assert_eq!(
         code(&format!("{}.{}.", parts[0], parts[1]), NOW),
@@ -639,6 +654,12 @@ fn minted_shape_and_algorithm_attacks() {
         &claims(NOW, |_| {}),
     );
     assert_eq!(code(&mismatch, NOW), "unknown_kid");
+    // An empty kid counts as none (kube): every fitting key is tried.
+    let empty_kid = m.rs256(
+        &json!({"alg": "RS256", "kid": ""}).to_string(),
+        &claims(NOW, |_| {}),
+    );
+    assert_eq!(code(&empty_kid, NOW), "accept");
     let unknown = m.rs256(
         &json!({"alg": "RS256", "kid": "nope"}).to_string(),
         &claims(NOW, |_| {}),

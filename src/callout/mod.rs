@@ -58,6 +58,8 @@ pub struct CalloutConfig {
     pub queue_capacity: usize,
     /// Where metrics go (the process-wide registry unless a test brings its own).
     pub metrics: &'static Registry,
+    /// The level at which admissions are logged (denials are always `warn`).
+    pub admission_log_level: log::Level,
 }
 
 impl fmt::Debug for CalloutConfig {
@@ -86,6 +88,7 @@ impl CalloutConfig {
             workers: DEFAULT_WORKERS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             metrics: crate::metrics::global(),
+            admission_log_level: log::Level::Info,
         }
     }
 }

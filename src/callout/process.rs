@@ -108,6 +108,7 @@ pub struct Processor {
     callout_account: String,
     decider: Arc<dyn Decider>,
     clock: Arc<dyn Clock>,
+    admission_log_level: log::Level,
     pub metrics: Metrics,
 }
 
@@ -137,6 +138,7 @@ impl Processor {
             callout_account,
             decider,
             clock,
+            admission_log_level: cfg.admission_log_level,
             metrics: Metrics::new(cfg.metrics),
         })
     }
@@ -170,12 +172,14 @@ impl Processor {
         let signed = match &decision {
             Decision::Allow(grant) => {
                 self.metrics.decision("allow", "granted");
-                log::info!(
+                log::log!(
+                    self.admission_log_level,
                     result = "allow",
                     namespace = grant.identity.namespace.as_str(),
                     service_account = grant.identity.service_account.as_str(),
-                    client_host = auth.client_host.as_str(),
-                    client_id = auth.client_id;
+                    client_ip = auth.client_host.as_str(),
+                    client_id = auth.client_id,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0;
                     "client admitted"
                 );
                 self.signers.allow(&req.claims, grant, now)
@@ -192,8 +196,9 @@ impl Processor {
                     reason = d.code,
                     namespace = ns,
                     service_account = sa,
-                    client_host = auth.client_host.as_str(),
-                    client_id = auth.client_id;
+                    client_ip = auth.client_host.as_str(),
+                    client_id = auth.client_id,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0;
                     "client refused"
                 );
                 self.signers.deny(&req.claims, d.code, now)

@@ -182,14 +182,13 @@ impl Callout {
             xkey = cfg.xkey_seed.is_some();
             "auth callout started"
         );
-        let conn = conn.clone();
         let counted = sub.clone();
         Ok(CalloutHandle::new(
             pool,
             Box::new(move |timeout| {
-                sub.unsubscribe();
-                // Once the PONG is back no further request can arrive on this subscription.
-                let _ = conn.flush(timeout);
+                // UNSUB, then wait for the PONG: requests the server sent before it still reach
+                // the queue and are answered; none can arrive after.
+                let _ = sub.drain(timeout);
             }),
             Box::new(move || counted.dropped()),
         ))

@@ -21,7 +21,9 @@ pub struct IssuerSource {
 pub struct StoreConfig {
     /// At most one unknown-kid refresh per issuer per interval (default 30 s).
     pub unknown_kid_min_interval: Duration,
-    /// How long a lookup waits for a fetch already in flight (default 10 s).
+    /// How long an unknown-kid lookup (and any caller) waits for a fetch in flight
+    /// (default 1 s: the NATS auth callout times out after 2 s). The fetch itself goes on in
+    /// the background and serves the client's retry.
     pub in_flight_wait: Duration,
     /// Periodic refresh without a `Cache-Control: max-age` (default 15 min).
     pub default_refresh: Duration,
@@ -39,7 +41,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             unknown_kid_min_interval: Duration::from_secs(30),
-            in_flight_wait: Duration::from_secs(10),
+            in_flight_wait: Duration::from_secs(1),
             default_refresh: Duration::from_secs(15 * 60),
             min_refresh: Duration::from_secs(60),
             max_refresh: Duration::from_secs(3600),
@@ -193,27 +195,39 @@ impl KeyStore {
     }
 
     /// A token named `kid`, unknown to the issuer's keys: refresh once, single-flight and at
-    /// most once per `unknown_kid_min_interval` per issuer. Returns whether the kid is known
-    /// afterwards. Rate-limited lookups return `false` at once.
-    pub fn refresh_for_unknown_kid(&self, issuer: &str, kid: &str) -> bool {
-        let Some(slot) = self.slot(issuer) else {
+    /// most once per `unknown_kid_min_interval` per issuer, waiting at most `in_flight_wait`
+    /// (the fetch runs on its own short-lived thread and finishes even if we stop waiting).
+    /// Returns whether the kid is known afterwards. Rate-limited lookups return `false` at once.
+    pub fn refresh_for_unknown_kid(self: &Arc<Self>, issuer: &str, kid: &str) -> bool {
+        let Some(idx) = self.slots.iter().position(|s| s.issuer == issuer) else {
             return false;
         };
+        let slot = &self.slots[idx];
         let mut f = slot.flight.lock().unwrap_or_else(|p| p.into_inner());
-        if f.in_flight {
-            drop(self.wait_for_flight(slot, f));
-            return slot.current().contains_kid(kid);
+        if !f.in_flight {
+            if f.last_unknown_kid
+                .is_some_and(|t| t.elapsed() < self.cfg.unknown_kid_min_interval)
+            {
+                slot.metrics.rate_limited.inc();
+                return false;
+            }
+            f.last_unknown_kid = Some(Instant::now());
+            f.in_flight = true;
+            slot.metrics.unknown_kid.inc();
+            // The kid is attacker-controlled header data: it is not logged.
+            log::info!(issuer = slot.issuer.as_str(); "token names an unknown kid: refreshing JWKS");
+            let me = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("jwks-unknown-kid".into())
+                .spawn(move || {
+                    let _ = me.land(&me.slots[idx]);
+                });
+            if spawned.is_err() {
+                f.in_flight = false;
+                return false;
+            }
         }
-        if f.last_unknown_kid
-            .is_some_and(|t| t.elapsed() < self.cfg.unknown_kid_min_interval)
-        {
-            slot.metrics.rate_limited.inc();
-            return false;
-        }
-        f.last_unknown_kid = Some(Instant::now());
-        slot.metrics.unknown_kid.inc();
-        log::info!(issuer = slot.issuer.as_str(), kid = kid; "token names an unknown kid: refreshing JWKS");
-        let _ = self.fly(slot, f);
+        drop(self.wait_for_flight(slot, f));
         slot.current().contains_kid(kid)
     }
 
@@ -249,7 +263,7 @@ impl KeyStore {
         f
     }
 
-    /// Runs one fetch with the flight claimed; wakes waiters when done.
+    /// Claims the flight and runs one fetch.
     fn fly(
         &self,
         slot: &Slot,
@@ -257,6 +271,11 @@ impl KeyStore {
     ) -> Result<Option<Duration>, JwksError> {
         f.in_flight = true;
         drop(f);
+        self.land(slot)
+    }
+
+    /// Runs one fetch for a claimed flight; releases it and wakes the waiters.
+    fn land(&self, slot: &Slot) -> Result<Option<Duration>, JwksError> {
         let result = self.load(slot);
         let mut f = slot.flight.lock().unwrap_or_else(|p| p.into_inner());
         f.in_flight = false;
@@ -303,9 +322,17 @@ impl KeyStore {
             return Err(JwksError::NoUsableKeys);
         }
         let n = set.len();
+        let changed = {
+            let old = slot.current();
+            old.len() != n || !old.kids().eq(set.kids())
+        };
         *slot.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         slot.metrics.keys.set(n as i64);
-        log::info!(issuer = issuer, keys = n, skipped = skipped.len(); "JWKS loaded");
+        if changed {
+            log::info!(issuer = issuer, keys = n, skipped = skipped.len(); "JWKS loaded: key ids changed");
+        } else {
+            log::debug!(issuer = issuer, keys = n; "JWKS refreshed: same key ids");
+        }
         Ok(())
     }
 }

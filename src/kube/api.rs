@@ -322,15 +322,28 @@ impl KubeClient {
         path_and_query: &str,
         deadline: Option<Duration>,
     ) -> Result<T, ApiError> {
-        let req = self.request(&self.short, path_and_query)?;
-        let resp = match deadline {
-            Some(d) => req
-                .config()
-                .timeout_global(Some(d.min(self.request_timeout)))
-                .build()
-                .call(),
-            None => req.call(),
+        let started = std::time::Instant::now();
+        let send = || {
+            let req = self.request(&self.short, path_and_query)?;
+            Ok::<_, ApiError>(match deadline {
+                Some(d) => req
+                    .config()
+                    .timeout_global(Some(
+                        d.min(self.request_timeout)
+                            .saturating_sub(started.elapsed())
+                            .max(Duration::from_millis(1)),
+                    ))
+                    .build()
+                    .call(),
+                None => req.call(),
+            })
         };
+        let mut resp = send()?;
+        // A pooled keep-alive connection the server has closed fails before any response:
+        // GET is idempotent, so try once more on a fresh connection.
+        if matches!(&resp, Err(ureq::Error::Io(e)) if stale_connection(e)) {
+            resp = send()?;
+        }
         let mut resp = self.check(resp, path_and_query)?;
         let reader = resp.body_mut().with_config().limit(MAX_LIST_BODY).reader();
         serde_json::from_reader(reader).map_err(|e| {
@@ -350,7 +363,11 @@ impl KubeClient {
         idle: Duration,
         total: Duration,
     ) -> Result<Stream, ApiError> {
-        let req = self.request(&self.watch, path_and_query)?;
+        // A watch connection is never reused: the server may close it right after the stream
+        // ends, and a pooled dead connection would cost a spurious error and a backoff.
+        let req = self
+            .request(&self.watch, path_and_query)?
+            .header("Connection", "close");
         let resp = req
             .config()
             .timeout_per_read(Some(idle))
@@ -360,6 +377,14 @@ impl KubeClient {
         let resp = self.check(resp, path_and_query)?;
         Ok(Box::new(resp.into_body().into_reader()))
     }
+}
+
+fn stale_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+    )
 }
 
 fn path_only(p: &str) -> &str {

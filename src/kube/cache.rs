@@ -179,6 +179,7 @@ struct Metrics {
     lazy: [Arc<Counter>; 3],
     size: Arc<Gauge>,
     synced: Arc<Gauge>,
+    healthy: Arc<Gauge>,
     last_event: Arc<Gauge>,
 }
 
@@ -235,6 +236,11 @@ impl Metrics {
                 "1 once the first complete list of ServiceAccounts is stored.",
                 &[],
             ),
+            healthy: r.gauge(
+                "nats_k8s_callout_sa_cache_healthy",
+                "1 while the last ServiceAccount list/watch attempt succeeded.",
+                &[],
+            ),
             last_event: r.gauge(
                 "nats_k8s_callout_kube_last_event_timestamp_seconds",
                 "Unix time of the last list or watch event.",
@@ -273,6 +279,8 @@ pub struct Shared {
     watch_restarts: AtomicU64,
     errors: Mutex<HashMap<ErrorKind, u64>>,
     lazy_counts: [AtomicU64; 3],
+    /// Bumped on every delete: a lazy GET that raced with one is not remembered.
+    deletions: AtomicU64,
     metrics: Metrics,
 }
 
@@ -296,6 +304,7 @@ impl Shared {
             watch_restarts: AtomicU64::new(0),
             errors: Mutex::new(HashMap::new()),
             lazy_counts: Default::default(),
+            deletions: AtomicU64::new(0),
             metrics: Metrics::new(),
         }
     }
@@ -306,6 +315,9 @@ impl Shared {
     pub fn replace_all(&self, map: SaMap) {
         let n = map.len();
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        // A relist may reveal deletions: remembered lazy answers are not trusted past it.
+        self.lazy.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.deletions.fetch_add(1, Ordering::SeqCst);
         self.metrics.size.set(n as i64);
         self.metrics.relists.inc();
         self.relists.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +342,7 @@ impl Shared {
             m.remove(key);
             m.len()
         };
+        self.deletions.fetch_add(1, Ordering::SeqCst);
         // A lazy positive entry must not outlive a delete.
         self.lazy
             .lock()
@@ -369,6 +382,7 @@ impl Shared {
 
     pub fn set_healthy(&self, h: bool) {
         self.healthy.store(h, Ordering::Relaxed);
+        self.metrics.healthy.set(i64::from(h));
     }
 
     // ---- reader side ----
@@ -500,6 +514,7 @@ impl Shared {
             encode_query_value(namespace),
             encode_query_value(name)
         );
+        let deletions = self.deletions.load(Ordering::SeqCst);
         let res = client.get_json::<Object>(&path, Some(self.cfg.lazy_get_deadline));
         let (result, remembered, ttl) = match res {
             Ok(obj) => match obj.into_record(&self.cfg.annotation_prefix) {
@@ -533,7 +548,10 @@ impl Shared {
                 (fallback, None, Duration::ZERO)
             }
         };
-        if let Some(entry) = remembered {
+        // A delete seen by the watch while the GET was in flight may be newer than its answer:
+        // answer this caller, but do not remember a possibly stale "found".
+        let raced = self.deletions.load(Ordering::SeqCst) != deletions;
+        if let Some(entry) = remembered.filter(|e| e.is_none() || !raced) {
             let now = Instant::now();
             let mut lazy = self.lazy.lock().unwrap_or_else(|p| p.into_inner());
             if lazy.len() >= LAZY_MAX_ENTRIES {

@@ -109,8 +109,9 @@ struct Inner {
     connected: AtomicBool,
     closed: AtomicBool,
     draining: AtomicBool,
-    /// Count of `-ERR`s received, and the text of the last one.
+    /// Count of `-ERR`s received, the count already reported by a flush, and the last text.
     err_seq: AtomicU64,
+    err_reported: AtomicU64,
     last_error: Mutex<Option<String>>,
     wake: (Mutex<()>, Condvar),
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -160,9 +161,25 @@ impl Subscription {
     pub fn sid(&self) -> u64 {
         self.sid
     }
-    /// Stops delivery (UNSUB); messages already in the channel stay readable.
+    /// Stops delivery at once (UNSUB); messages already in the channel stay readable, then the
+    /// channel reports disconnected. Messages still in flight from the server are discarded.
     pub fn unsubscribe(&self) {
         self.conn.inner().unsubscribe(self.sid);
+    }
+
+    /// Graceful stop: UNSUB, wait (up to `timeout`) for the server to confirm with a PONG while
+    /// still delivering what it sent before, then close the channel (readable until empty).
+    /// The subscription is closed in every case.
+    pub fn drain(&self, timeout: Duration) -> Result<(), Error> {
+        let inner = self.conn.inner();
+        let mut out = Vec::new();
+        proto::encode_unsub(&mut out, self.sid);
+        let result = inner.write(&out).and_then(|_| inner.flush(timeout));
+        lock(&inner.subs).remove(&self.sid);
+        match result {
+            Err(Error::Server(_)) => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -368,6 +385,7 @@ impl Connection {
             closed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             err_seq: AtomicU64::new(0),
+            err_reported: AtomicU64::new(0),
             last_error: Mutex::new(None),
             wake: (Mutex::new(()), Condvar::new()),
             reader: Mutex::new(None),
@@ -491,16 +509,17 @@ impl Connection {
             .unwrap_or(proto::HARD_MAX_PAYLOAD)
             .min(proto::HARD_MAX_PAYLOAD);
         let mut out = Vec::with_capacity(payload.len() + 64);
-        proto::encode_pub(&mut out, subject, reply, headers, payload)?;
-        if out.len() > max + 256 + subject.len() + reply.map_or(0, str::len) || payload.len() > max
-        {
+        let size = proto::encode_pub(&mut out, subject, reply, headers, payload)?;
+        if size > max {
             return Err(Error::PayloadTooLarge);
         }
         inner.write(&out)
     }
 
     /// Round trip PING→PONG: every operation written before has been processed by the server.
-    /// Returns the server's `-ERR` (e.g. a permissions violation) if one arrived meanwhile.
+    /// Returns the server's `-ERR` (e.g. a permissions violation) if one arrived since the
+    /// previous flush returned (the server sends it before the PONG, so an error caused by an
+    /// earlier publish is never missed; with concurrent flushes only one of them reports it).
     pub fn flush(&self, timeout: Duration) -> Result<(), Error> {
         self.inner().flush(timeout)
     }
@@ -658,7 +677,6 @@ impl Inner {
             return Err(Error::Closed);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let seq = self.err_seq.load(Ordering::SeqCst);
         {
             let mut w = lock(&self.writer);
             let link = w.link.as_mut().ok_or(Error::NotConnected)?;
@@ -670,7 +688,8 @@ impl Inner {
         }
         match rx.recv_timeout(timeout) {
             Ok(()) => {
-                if self.err_seq.load(Ordering::SeqCst) != seq {
+                let seq = self.err_seq.load(Ordering::SeqCst);
+                if self.err_reported.swap(seq, Ordering::SeqCst) != seq {
                     let text = lock(&self.last_error).clone().unwrap_or_default();
                     return Err(Error::Server(text));
                 }
@@ -709,10 +728,18 @@ impl Inner {
         self.connected.store(false, Ordering::SeqCst);
         lock(&self.subs).clear();
         self.wake.1.notify_all();
+        // Wait briefly for the reader to finish; one stuck in a connect attempt is left to end
+        // on its own (it sees `closed` and drops what it connected), so close never blocks long.
         let h = lock(&self.reader).take();
         if let Some(h) = h {
             if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while !h.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if h.is_finished() {
+                    let _ = h.join();
+                }
             }
         }
     }
@@ -804,7 +831,14 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    log::warn!(server = addr.to_string().as_str(), reason = e.code(); "NATS reconnect failed: {e}")
+                    // One warning per server per outage (and a reminder now and then), not one
+                    // per attempt.
+                    let level = if failures < n || failures % (n * 50) == 0 {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    };
+                    log::log!(level, server = addr.to_string().as_str(), reason = e.code(), attempt = failures + 1; "NATS reconnect failed: {e}")
                 }
             }
             idx += 1;
@@ -905,7 +939,15 @@ impl Inner {
             ServerOp::Info(info) => {
                 self.merge_connect_urls(&info);
                 let ldm = info.ldm;
-                *lock(&self.info) = Some(*info);
+                let mut info = *info;
+                let mut cur = lock(&self.info);
+                // A later INFO (connect_info, cluster changes) carries no nonce; keep the one
+                // this connection was authenticated with.
+                if info.nonce.is_none() {
+                    info.nonce = cur.as_ref().and_then(|i| i.nonce.clone());
+                }
+                *cur = Some(info);
+                drop(cur);
                 if ldm {
                     log::warn!(reason = "lame_duck"; "NATS server entered lame duck mode, moving");
                     return Err(Error::Server("lame duck mode".into()));

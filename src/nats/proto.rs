@@ -356,14 +356,15 @@ fn check(s: &str, what: &'static str) -> Result<(), ProtoError> {
     }
 }
 
-/// Appends `PUB` (or `HPUB` when `headers` is given) with its payload.
+/// Appends `PUB` (or `HPUB` when `headers` is given) with its payload. Returns the message
+/// size the server counts against `max_payload` (header block plus payload).
 pub fn encode_pub(
     out: &mut Vec<u8>,
     subject: &str,
     reply: Option<&str>,
     headers: Option<&Headers>,
     payload: &[u8],
-) -> Result<(), ProtoError> {
+) -> Result<usize, ProtoError> {
     check(subject, "subject")?;
     if let Some(r) = reply {
         check(r, "reply subject")?;
@@ -390,7 +391,7 @@ pub fn encode_pub(
     out.extend_from_slice(&hdr);
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
-    Ok(())
+    Ok(hdr.len() + payload.len())
 }
 
 /// Appends `SUB subject [queue] sid`.

@@ -1286,7 +1286,7 @@ fn serve_watch(
             }
         }
     }
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
     if c.write_all(head.as_bytes())
         .and_then(|_| c.flush())
         .is_err()

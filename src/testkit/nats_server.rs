@@ -121,6 +121,28 @@ impl NatsServer {
         Self::start_inner(config_text, true)
     }
 
+    /// Starts `n` servers routed into one cluster (named `test`, servers `s0`, `s1`, …), each
+    /// with `config_text` too. Clients of one learn the others from INFO `connect_urls`.
+    pub fn cluster(n: usize, config_text: &str) -> Vec<NatsServer> {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| quote(&format!("nats-route://127.0.0.1:{p}")))
+                    .collect();
+                let conf = format!(
+                    "server_name: s{i}\ncluster {{ name: test, listen: \"127.0.0.1:{}\", routes: [ {} ] }}\n{config_text}",
+                    cluster_ports[i],
+                    routes.join(", ")
+                );
+                Self::start_inner(&conf, false)
+            })
+            .collect()
+    }
+
     fn start_inner(config_text: &str, monitor: bool) -> NatsServer {
         let bin = nats_server_bin();
         let dir = temp_dir("nats-server");
@@ -345,7 +367,7 @@ pub mod configs {
 /// `accounts { AUTH {users:[{user: auth, password: ...}]} APP {} SYS {} }`,
 /// `system_account`, `authorization { timeout, auth_callout { issuer, account, auth_users, xkey } }`.
 #[derive(Debug, Clone)]
-pub struct CalloutConfig {
+pub struct CalloutServerConfig {
     /// Public account nkey (`A…`) whose seed the service holds.
     pub issuer: String,
     pub auth_user: String,
@@ -362,9 +384,9 @@ pub struct CalloutConfig {
     pub extra: String,
 }
 
-impl CalloutConfig {
+impl CalloutServerConfig {
     pub fn new(issuer: impl Into<String>, auth_password: impl Into<String>) -> Self {
-        CalloutConfig {
+        CalloutServerConfig {
             issuer: issuer.into(),
             auth_user: "auth".into(),
             auth_password: auth_password.into(),
@@ -457,7 +479,7 @@ mod tests {
 
     #[test]
     fn callout_config_shape() {
-        let c = CalloutConfig::new("ABC", "pw").xkey("XYZ").render();
+        let c = CalloutServerConfig::new("ABC", "pw").xkey("XYZ").render();
         for want in [
             "AUTH { users: [ { user: \"auth\", password: \"pw\" } ] }",
             "APP {}",
@@ -471,6 +493,6 @@ mod tests {
         ] {
             assert!(c.contains(want), "missing {want} in\n{c}");
         }
-        assert!(!CalloutConfig::new("A", "p").render().contains("xkey"));
+        assert!(!CalloutServerConfig::new("A", "p").render().contains("xkey"));
     }
 }

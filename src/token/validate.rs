@@ -34,8 +34,9 @@ impl Prepared<'_> {
     pub fn issuer(&self) -> &str {
         self.claims.iss.as_deref().unwrap_or("")
     }
+    /// The header's `kid`; an empty one counts as absent, as in kube-apiserver.
     pub fn kid(&self) -> Option<&str> {
-        self.jws.header.kid.as_deref()
+        self.jws.header.kid.as_deref().filter(|k| !k.is_empty())
     }
 }
 
