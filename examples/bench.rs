@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use nats_k8s_callout::authz::{AuthRequest, Decider, Decision, Denial, Grant, Identity};
+use nats_k8s_callout::authz::{Decider, Decision};
 use nats_k8s_callout::callout::{self, Placement, Processor};
 use nats_k8s_callout::clock::{unix_now, SystemClock};
 use nats_k8s_callout::natsjwt::{self, AuthorizationRequest, Claims, REQUEST_AUDIENCE};
@@ -496,6 +496,35 @@ impl Setup {
         Ok(g)
     }
 
+    /// The service's environment, as in production (RS256 tokens, JWKS and ServiceAccounts from
+    /// the API double, defaults for everything else; logs as JSON lines).
+    fn service_env(
+        &self,
+        nats_url: &str,
+        double: &K8sDouble,
+        xkey: bool,
+        http_port: u16,
+    ) -> Vec<(String, String)> {
+        let path = |p: &Path| p.display().to_string();
+        let mut env = vec![
+            ("NATS_URL", nats_url.to_string()),
+            ("NATS_USER", "auth".to_string()),
+            ("NATS_PASSWORD", self.auth_password.clone()),
+            ("NATS_SIGNING_KEY_FILE", path(&self.issuer_seed_file)),
+            ("NATS_ACCOUNT", "APP".to_string()),
+            ("JWT_ISSUER", double.issuer().to_string()),
+            ("JWKS_URL", format!("{}/openid/v1/jwks", double.url())),
+            ("K8S_API_URL", double.url()),
+            ("K8S_TOKEN_FILE", path(&self.api_token_file)),
+            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("LOG_FORMAT", "json".to_string()),
+        ];
+        if xkey {
+            env.push(("NATS_XKEY_SEED_FILE", path(&self.xkey_seed_file)));
+        }
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
     /// The real service, configured as in production, started (not yet ready).
     fn service(
         &self,
@@ -510,20 +539,7 @@ impl Setup {
         }
         let mut cmd = Command::new(&bin);
         cmd.env_clear()
-            .env("NATS_URL", server.url())
-            .env("NATS_USER", "auth")
-            .env("NATS_PASSWORD", &self.auth_password)
-            .env("NATS_SIGNING_KEY_FILE", &self.issuer_seed_file)
-            .env("NATS_ACCOUNT", "APP")
-            .env("JWT_ISSUER", double.issuer())
-            .env("JWKS_URL", format!("{}/openid/v1/jwks", double.url()))
-            .env("K8S_API_URL", double.url())
-            .env("K8S_TOKEN_FILE", &self.api_token_file)
-            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("LOG_FORMAT", "json");
-        if xkey {
-            cmd.env("NATS_XKEY_SEED_FILE", &self.xkey_seed_file);
-        }
+            .envs(self.service_env(&server.url(), double, xkey, http_port));
         let mut g = self.spawn(if xkey { "ours_xkey" } else { "ours" }, &mut cmd);
         // Logs go to stdout (JSON lines, as in production): keep them in the log file.
         if let Some(mut out) = g.child.stdout.take() {
@@ -563,30 +579,36 @@ fn ready(http_port: u16) -> bool {
         }
     }
     let head = String::from_utf8_lossy(&buf[..n]);
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("readyz {http_port}: {head:?}");
+    }
     head.starts_with("HTTP/1.") && head.get(9..12) == Some("200")
 }
 
-/// Waits for the service's readiness; also notes when the double saw the first watch (the
-/// cache starts watching right after its list completed). Returns (ready_ms, list_done_ms).
+/// Waits for the service's readiness. Also notes when the double began serving the last page
+/// of the service's first list (`pages` = ServiceAccounts / page size, rounded up; the cache
+/// lists 500 per page): `ready − that` bounds the time from the list to readiness from above.
+/// Returns (ready_ms, last_page_ms).
 fn wait_ready(
     g: &mut ChildGuard,
     http_port: u16,
     double: &K8sDouble,
+    pages: u64,
     started: Instant,
 ) -> Result<(f64, Option<f64>), String> {
-    let watches_before = double.requests("watch");
-    let mut list_done = None;
+    let lists_before = double.requests("list");
+    let mut last_page = None;
     let deadline = started + READY_TIMEOUT;
     loop {
-        if list_done.is_none() && double.requests("watch") > watches_before {
-            list_done = Some(started.elapsed().as_secs_f64() * 1000.0);
+        if last_page.is_none() && double.requests("list") >= lists_before + pages {
+            last_page = Some(started.elapsed().as_secs_f64() * 1000.0);
         }
         if ready(http_port) {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
-            if list_done.is_none() && double.requests("watch") > watches_before {
-                list_done = Some(ms);
+            if last_page.is_none() && double.requests("list") >= lists_before + pages {
+                last_page = Some(ms);
             }
-            return Ok((ms, list_done));
+            return Ok((ms, last_page));
         }
         if g.exited() {
             return Err(format!("service exited: {}", g.log_tail()));
@@ -597,7 +619,7 @@ fn wait_ready(
                 g.log_tail()
             ));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -782,7 +804,7 @@ fn start_all(setup: &Setup, double: &K8sDouble, tokens: &[String]) -> (Vec<Live>
         let r = setup
             .service(&server, double, xkey, port)
             .and_then(|mut g| {
-                wait_ready(&mut g, port, double, Instant::now())?;
+                wait_ready(&mut g, port, double, 1, Instant::now())?;
                 Ok(Some(g))
             });
         add(name, server, r, tokens);
@@ -868,7 +890,8 @@ fn memory(p: &Params, setup: &Setup) -> Vec<Result<MemPoint, String>> {
         let r = setup
             .service(&server, &double, false, port)
             .and_then(|mut g| {
-                let (ready_ms, list_done_ms) = wait_ready(&mut g, port, &double, started)?;
+                let pages = total.div_ceil(500) as u64;
+                let (ready_ms, list_done_ms) = wait_ready(&mut g, port, &double, pages, started)?;
                 // Let the list's garbage go and the watch settle, then read RSS.
                 std::thread::sleep(Duration::from_millis(1000));
                 Ok(MemPoint {
@@ -945,62 +968,32 @@ impl Es256 {
     }
 }
 
-/// The stand-in decision used until the service's own `decision` module can be built in
-/// process: token validation against fixed keys, a ServiceAccount lookup (uid compare), the
-/// policy and a grant, i.e. the same work as the real decision minus its metrics and logs.
-struct BenchDecider {
-    cfg: TokenConfig,
-    keys: HashMap<String, Arc<KeySet>>,
-    sas: HashMap<(String, String), ServiceAccount>,
-    policy: PolicySettings,
-}
-
-impl Decider for BenchDecider {
-    fn decide(&self, req: &AuthRequest) -> Decision {
-        let Some(tok) = req.bearer_token() else {
-            return Decision::deny("no_token");
-        };
-        let now = unix_now();
-        let v = match token::validate::validate(tok, &self.cfg, &self.keys as &dyn KeyLookup, now) {
-            Ok(v) => v,
-            Err(e) => return Decision::deny(e.code()),
-        };
-        let identity = Identity {
-            namespace: v.namespace.clone(),
-            service_account: v.service_account.clone(),
-        };
-        let Some(sa) = self
-            .sas
-            .get(&(v.namespace.clone(), v.service_account.clone()))
-            .filter(|sa| sa.uid == v.sa_uid)
-        else {
-            return Decision::Deny(Denial {
-                code: "sa_not_found",
-                identity: Some(identity),
-            });
-        };
-        let pub_key = self.policy.pub_annotation_key();
-        let sub_key = self.policy.sub_annotation_key();
-        match policy::evaluate(
-            &self.policy,
-            &v.namespace,
-            &v.service_account,
-            sa.annotations.get(&pub_key).map(String::as_str),
-            sa.annotations.get(&sub_key).map(String::as_str),
-        ) {
-            Ok(out) => Decision::Allow(Grant {
-                name: out.name,
-                permissions: out.permissions,
-                expires_at: v.exp.map(|e| e.min(now + 3600)),
-                tags: out.tags,
-                identity,
-            }),
-            Err(e) => Decision::Deny(Denial {
-                code: e.code(),
-                identity: Some(identity),
-            }),
-        }
+/// The service's own decision path, built in process as `app` builds it, against `double`
+/// (ServiceAccount cache synced, issuer keys loaded). Keep the watcher until done.
+fn real_decider(
+    setup: &Setup,
+    double: &K8sDouble,
+) -> Result<(Arc<dyn Decider>, nats_k8s_callout::kube::WatcherHandle), String> {
+    use nats_k8s_callout::{app, config::Config, kube::SaCache};
+    let env: HashMap<String, String> = setup
+        .service_env("nats://127.0.0.1:4222", double, false, free_port())
+        .into_iter()
+        .collect();
+    let cfg = Config::from_env(&|k| env.get(k).cloned()).map_err(|e| e.to_string())?;
+    let client = app::kube_client(&cfg)?;
+    let (cache, watcher) = SaCache::start(client.clone(), app::cache_config(&cfg));
+    if !cache.wait_synced(Duration::from_secs(30)) {
+        return Err("the ServiceAccount cache did not sync".into());
     }
+    let issuers = app::issuers(&cfg, &client)?;
+    let store = app::key_store(&cfg, &issuers)?;
+    for i in &issuers {
+        store
+            .refresh(i)
+            .map_err(|e| format!("JWKS: {}", e.code()))?;
+    }
+    let d = app::decider(&cfg, issuers, store, cache)?;
+    Ok((Arc::new(d), watcher))
 }
 
 /// A request as nats-server sends it (signed by a server key), optionally sealed.
@@ -1045,7 +1038,7 @@ struct Micro {
     p99_us: f64,
 }
 
-fn micro(p: &Params) -> Vec<Result<Micro, String>> {
+fn micro(p: &Params, setup: &Setup) -> Vec<Result<Micro, String>> {
     let double = start_double(0);
     let rs_token = double.mint_token(CLIENT_NAMESPACE, "client-000", &["nats"], unix_now() + 3600);
     let es = Es256::new();
@@ -1079,15 +1072,13 @@ fn micro(p: &Params) -> Vec<Result<Micro, String>> {
     out.push(validate("token_validation_rs256", &rs_token, &rs_lookup));
     out.push(validate("token_validation_es256", &es_token, &es_lookup));
 
-    let decider = Arc::new(BenchDecider {
-        cfg: cfg.clone(),
-        keys: rs_lookup.clone(),
-        sas: (0..CLIENT_SAS)
-            .map(client_sa)
-            .map(|s| ((s.namespace.clone(), s.name.clone()), s))
-            .collect(),
-        policy: PolicySettings::default(),
-    });
+    let (decider, _watcher) = match real_decider(setup, &double) {
+        Ok(d) => d,
+        Err(e) => {
+            out.push(Err(format!("decision: {e}")));
+            return out;
+        }
+    };
     let server = KeyPair::new_server();
     let server_x = XKey::new();
     let issuer = KeyPair::new_account();
@@ -1375,10 +1366,11 @@ fn main() {
 
     let mut errors = Vec::new();
     let mut mem = Vec::new();
+    // Every double accepts the same API token (DoubleOptions::default).
+    let setup = Setup::new(p.bin_dir.clone(), &DoubleOptions::default().token);
     if !p.only_micro {
         let double = start_double(0);
         let tokens = client_tokens(&double);
-        let setup = Setup::new(p.bin_dir.clone(), &double.token());
         let (live, errs) = run_variants(&p, &setup, &double, &tokens);
         errors.extend(errs);
         let (vj, ratios) = report_variants(&p, &live);
@@ -1387,12 +1379,14 @@ fn main() {
         drop(live);
         mem = memory(&p, &setup);
     }
-    let micros = micro(&p);
+    // Logs are formatted as in production (JSON, info) but go nowhere.
+    let _ = nats_k8s_callout::logging::init_with_sink("info", "json", Box::new(std::io::sink()));
+    let micros = micro(&p, &setup);
 
     let mut mj = Vec::new();
     if !mem.is_empty() {
         println!("\nD: memory of the service (RSS after ready + 1 s) and time to ready");
-        println!("| ServiceAccounts | RSS MiB | peak RSS MiB | start→ready ms | list done ms | ready − list ms |");
+        println!("| ServiceAccounts | RSS MiB | peak RSS MiB | start→ready ms | last list page ms | ready − last page ms |");
         println!("|---|---|---|---|---|---|");
     }
     for m in &mem {
