@@ -1149,6 +1149,27 @@ fn micro(p: &Params, setup: &Setup) -> Vec<Result<Micro, String>> {
                 "part_ed25519_verify",
                 time_it(iters, || issuer.verify(&msg, &sig).is_ok()),
             ));
+            // The same Ed25519 operations with ring (for comparison with nkeys' ed25519-dalek).
+            let raw_seed = nkeys::decode_seed(&issuer.seed().expect("seed"))
+                .expect("raw seed")
+                .1;
+            let ring_kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&raw_seed)
+                .expect("ring ed25519 key");
+            let ring_sig = ring_kp.sign(&msg);
+            let ring_pub = ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ED25519,
+                ring::signature::KeyPair::public_key(&ring_kp)
+                    .as_ref()
+                    .to_vec(),
+            );
+            out.push(part(
+                "cmp_ring_ed25519_sign",
+                time_it(iters, || ring_kp.sign(&msg).as_ref().len() == 64),
+            ));
+            out.push(part(
+                "cmp_ring_ed25519_verify",
+                time_it(iters, || ring_pub.verify(&msg, ring_sig.as_ref()).is_ok()),
+            ));
             out.push(part(
                 "part_request_verify_decode",
                 time_it(iters, || {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use nats_k8s_callout::callout::{XKeyBox, AUTH_SUBJECT, XKEY_HEADER};
 use nats_k8s_callout::nats::{Auth, Connection, Message, Options};
-use nats_k8s_callout::natsjwt::{self, AuthorizationResponse, Claims, User};
+use nats_k8s_callout::natsjwt::{self, AuthorizationResponse, Claims, FastSigner, User};
 use nats_k8s_callout::permissions::{Permissions, SubjectRules};
 use nats_k8s_callout::secret::Secret;
 use nkeys::KeyPair;
@@ -42,7 +42,7 @@ struct ReqServer {
 }
 
 struct Responder {
-    issuer: KeyPair,
+    issuer: FastSigner,
     account: String,
     xkey: Option<XKeyBox>,
     user: User,
@@ -115,6 +115,7 @@ fn main() {
         }
     }
     let issuer = KeyPair::from_seed(&issuer_seed).expect("issuer seed (SA…)");
+    let issuer = FastSigner::new(&issuer).expect("issuer seed (SA…)");
     let xkey = xkey_seed.map(|s| XKeyBox::from_seed(&s).expect("xkey seed (SX…)"));
     let rules = SubjectRules {
         allow: vec!["bench.>".into()],
