@@ -142,10 +142,12 @@ fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// Length, base32, checksum and prefix, as Go's nkeys checks a public key; the point itself is
+/// not decompressed (that costs about 4 µs and happens anyway when a key verifies).
 fn key_kind(public: &str) -> Option<KeyPairType> {
-    KeyPair::from_public_key(public)
+    nkeys::from_public_key(public)
         .ok()
-        .map(|k| k.key_pair_type())
+        .map(|(prefix, _)| KeyPairType::from(prefix))
 }
 
 /// Whether `public` is a valid public nkey (checksum included) of kind `kind`.
@@ -726,6 +728,39 @@ mod tests {
         // No seed, no signer.
         let public_only = KeyPair::from_public_key(&KeyPair::new_account().public_key()).unwrap();
         assert!(FastSigner::new(&public_only).is_err());
+    }
+
+    #[test]
+    fn public_key_kinds_agree_with_nkeys() {
+        let keys = [
+            (KeyPair::new_user(), KeyPairType::User),
+            (KeyPair::new_account(), KeyPairType::Account),
+            (KeyPair::new_server(), KeyPairType::Server),
+            (KeyPair::new_operator(), KeyPairType::Operator),
+        ];
+        for (kp, kind) in &keys {
+            let p = kp.public_key();
+            assert!(is_public_key(&p, kind.clone()));
+            for (_, other) in keys.iter().filter(|(_, k)| k != kind) {
+                assert!(!is_public_key(&p, other.clone()));
+            }
+            // Any changed character breaks the checksum (or the prefix); so do other lengths.
+            for i in 0..p.len() {
+                let mut b = p.clone().into_bytes();
+                b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+                let bad = String::from_utf8(b).unwrap();
+                assert_eq!(
+                    is_public_key(&bad, kind.clone()),
+                    KeyPair::from_public_key(&bad).is_ok_and(|k| k.key_pair_type() == *kind),
+                    "{bad}"
+                );
+                assert!(!is_public_key(&bad, kind.clone()), "{bad}");
+            }
+            assert!(!is_public_key(&p[1..], kind.clone()));
+            assert!(!is_public_key(&format!("{p}A"), kind.clone()));
+            // A seed is not a public key.
+            assert!(!is_public_key(&kp.seed().unwrap(), kind.clone()));
+        }
     }
 
     #[test]
