@@ -812,6 +812,46 @@ fn start_all(setup: &Setup, double: &K8sDouble, tokens: &[String]) -> (Vec<Live>
     (live, errors)
 }
 
+/// A `perf record` of a responder, stopped (SIGINT, so it writes its file) on drop.
+struct Perf(Child);
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGINT);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// With `BENCH_PERF_DIR` set (profiling only, it costs CPU): record the responder's call
+/// graph during the first storm round into `<dir>/perf-<name>.data`.
+fn perf_record(name: &str, pid: Option<u32>) -> Option<Perf> {
+    let dir = PathBuf::from(std::env::var_os("BENCH_PERF_DIR")?);
+    let pid = pid?;
+    let _ = std::fs::create_dir_all(&dir);
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-g",
+            "-F",
+            "2000",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(dir.join(format!("perf-{name}.data")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Some(Perf(child))
+}
+
 /// A and B for every responder, interleaved in rounds so drift on a shared machine hits all
 /// responders alike. CPU is accounted over B only.
 fn run_variants(
@@ -850,11 +890,15 @@ fn run_variants(
                 p.storm_n
             );
             let spid = l.server.pid().expect("server pid");
+            let perf = (round == 0)
+                .then(|| perf_record(l.name, l.responder_pid()))
+                .flatten();
             let s0 = cpu_seconds(spid).unwrap_or(f64::NAN);
             let r0 = l.responder_pid().and_then(cpu_seconds);
             let r = storm(l.server.port(), &l.tokens, p.storm_c, p.storm_n);
             let s1 = cpu_seconds(spid).unwrap_or(f64::NAN);
             let r1 = l.responder_pid().and_then(cpu_seconds);
+            drop(perf);
             l.server_cpu_s += s1 - s0;
             if let (Some(a), Some(b)) = (r0, r1) {
                 l.responder_cpu_s += b - a;
@@ -1169,6 +1213,11 @@ fn micro(p: &Params, setup: &Setup) -> Vec<Result<Micro, String>> {
             out.push(part(
                 "cmp_ring_ed25519_verify",
                 time_it(iters, || ring_pub.verify(&msg, ring_sig.as_ref()).is_ok()),
+            ));
+            let user_pub = KeyPair::new_user().public_key();
+            out.push(part(
+                "part_nkey_public_key_parse",
+                time_it(iters, || KeyPair::from_public_key(&user_pub).is_ok()),
             ));
             out.push(part(
                 "part_request_verify_decode",
