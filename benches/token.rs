@@ -6,31 +6,15 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nats_k8s_callout::testkit::vectors::read;
 use nats_k8s_callout::token::validate::validate;
 use nats_k8s_callout::token::{KeySet, TokenConfig};
 
 const ISS: &str = "https://kubernetes.default.svc.cluster.local";
 const NOW: u64 = 1_767_229_320;
-
-fn vectors() -> PathBuf {
-    let dir = std::env::var_os("NATS_K8S_VECTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"));
-    assert!(
-        dir.join("README.md").is_file(),
-        "test vectors not found at {} (set NATS_K8S_VECTORS_DIR)",
-        dir.display()
-    );
-    dir
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(vectors().join(rel)).unwrap()
-}
 
 fn main() {
     let n: usize = std::env::args()

@@ -86,7 +86,14 @@ impl App {
         let side = nats_side.clone();
         let nats_thread = std::thread::Builder::new()
             .name("nats-connect".into())
-            .spawn(move || connect_loop(side, opts, callout_cfg, decider))
+            .spawn({
+                let (store, cache) = (store.clone(), cache.clone());
+                move || {
+                    connect_loop(side, opts, callout_cfg, decider, move || {
+                        store.ready() && cache.is_synced()
+                    })
+                }
+            })
             .map_err(|e| format!("NATS thread: {e}"))?;
 
         register_checks(&health, &nats_side, &cache, &store);
@@ -186,39 +193,49 @@ fn connect_loop(
     opts: nats::Options,
     cfg: CalloutConfig,
     decider: Arc<dyn Decider>,
+    can_decide: impl Fn() -> bool,
 ) {
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(10),
         Duration::from_secs(60),
     );
-    while !side.stop.load(Ordering::SeqCst) {
+    let conn = loop {
+        if side.stop.load(Ordering::SeqCst) {
+            return;
+        }
         match Connection::connect(opts.clone()) {
-            Ok(conn) => {
-                let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
-                if side.stop.load(Ordering::SeqCst) {
-                    conn.close();
-                    return;
-                }
-                match Callout::start(&conn, cfg, decider) {
-                    Ok(handle) => {
-                        log::info!(server = conn.current_server().as_str(); "connected to NATS; serving auth callout requests");
-                        *guard = Some(handle);
-                        *side.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
-                    }
-                    Err(e) => {
-                        log::error!(reason = "callout_start"; "cannot start the auth callout: {e}");
-                        conn.close();
-                    }
-                }
-                return;
-            }
+            Ok(conn) => break conn,
             Err(e) => {
                 let d = backoff.next_delay();
                 log::warn!(reason = e.code(), retry_ms = d.as_millis() as u64; "cannot connect to NATS yet: {e}");
                 sleep_unless(&side.stop, d);
             }
         }
+    };
+    log::info!(server = conn.current_server().as_str(); "connected to NATS");
+    *side.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+    // Join the queue group only once this replica can decide: a replica that is still loading
+    // keys or listing ServiceAccounts would refuse clients its peers would admit.
+    if !can_decide() {
+        log::info!("waiting for the token keys and the ServiceAccount cache before taking callout requests");
+        while !can_decide() {
+            if side.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
+    if side.stop.load(Ordering::SeqCst) {
+        return;
+    }
+    match Callout::start(&conn, cfg, decider) {
+        Ok(handle) => {
+            log::info!("serving auth callout requests");
+            *guard = Some(handle);
+        }
+        Err(e) => log::error!(reason = "callout_start"; "cannot start the auth callout: {e}"),
     }
 }
 
@@ -235,15 +252,11 @@ fn register_checks(health: &Health, nats: &Arc<NatsSide>, cache: &SaCache, store
         "nats",
         Box::new(move || {
             let conn = n.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let subscribed = n.callout.lock().unwrap_or_else(|p| p.into_inner()).is_some();
             match conn.as_ref() {
-                Some(c) if c.is_connected() => (
-                    true,
-                    format!("connected to {}, subscribed", c.current_server()),
-                ),
-                Some(c) => (
-                    false,
-                    format!("reconnecting: {}", c.last_error().unwrap_or_default()),
-                ),
+                Some(c) if c.is_connected() && subscribed => (true, format!("connected to {}, subscribed", c.current_server())),
+                Some(c) if c.is_connected() => (false, format!("connected to {}, not subscribed yet (waiting for keys and ServiceAccounts)", c.current_server())),
+                Some(c) => (false, format!("reconnecting: {}", c.last_error().unwrap_or_default())),
                 None => (false, "not connected yet".to_string()),
             }
         }),
@@ -270,11 +283,21 @@ fn register_checks(health: &Health, nats: &Arc<NatsSide>, cache: &SaCache, store
     health.register_check(
         "serviceaccounts",
         Box::new(move || {
-            let st = c.status();
-            if c.is_synced() {
-                (true, format!("synced, {} ServiceAccounts", c.len()))
+            if !c.is_synced() {
+                (false, "initial list not complete yet".to_string())
+            } else if !c.is_healthy() {
+                (
+                    false,
+                    format!(
+                        "Kubernetes API unreachable or refusing; deciding from the last known state ({} ServiceAccounts)",
+                        c.len()
+                    ),
+                )
             } else {
-                (false, format!("not synced yet ({st:?})"))
+                (
+                    true,
+                    format!("synced and watching, {} ServiceAccounts", c.len()),
+                )
             }
         }),
     );
@@ -409,6 +432,7 @@ fn callout_config(cfg: &Config) -> CalloutConfig {
     };
     let mut c = CalloutConfig::new(placement, cfg.signing_key.seed.clone());
     c.response_signing_seed = cfg.response_signing_key.as_ref().map(|k| k.seed.clone());
+    c.callout_account = operator_callout_account(cfg);
     c.xkey_seed = cfg.xkey.as_ref().map(|k| k.seed.clone());
     c.queue_group = cfg.queue_group.clone();
     c.workers = cfg.callout_workers;
@@ -418,6 +442,28 @@ fn callout_config(cfg: &Config) -> CalloutConfig {
         AdmissionLogLevel::Debug => log::Level::Debug,
     };
     c
+}
+
+/// Operator mode: the callout account is the account of the service's own NATS user, read
+/// from its `.creds` JWT (`issuer_account` when a signing key issued it, else `iss`). The
+/// server names that account as the `sub` of every request; without this, the expected `sub`
+/// would be the response signer's key, which is wrong when a signing key of the callout
+/// account signs the responses. `None` (fall back to the signer's key) in config mode or when
+/// the creds cannot be read; the connection reports unreadable creds itself.
+fn operator_callout_account(cfg: &Config) -> Option<String> {
+    let (AccountMode::Operator { .. }, NatsAuth::Creds { path }) = (&cfg.account, &cfg.nats_auth)
+    else {
+        return None;
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let (jwt, _seed) = nats::parse_creds(&text).ok()?;
+    let claims: crate::natsjwt::Claims<crate::natsjwt::User> =
+        crate::natsjwt::decode_at(jwt.expose(), crate::clock::unix_now()).ok()?;
+    Some(if claims.nats.issuer_account.is_empty() {
+        claims.iss
+    } else {
+        claims.nats.issuer_account
+    })
 }
 
 /// Our NATS client's settings.

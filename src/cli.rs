@@ -95,7 +95,8 @@ fn run() -> ExitCode {
     };
     log::info!(http_addr = app.http_addr().to_string().as_str(); "started; waiting for NATS, keys and the ServiceAccount cache");
     let sig = signals.recv();
-    log::info!(signal = format!("{sig:?}").as_str(); "signal received");
+    let name = sig.map_or("none (signal thread ended)", |s| s.name());
+    log::info!(signal = name; "stopping");
     if app.shutdown(Duration::from_secs(10)) {
         ExitCode::SUCCESS
     } else {

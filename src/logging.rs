@@ -235,8 +235,12 @@ impl Logger {
                         FieldValue::Str(s) => s,
                         FieldValue::Json(j) => j.to_string(),
                     };
-                    if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == '"') {
-                        let _ = write!(s, " {k}={}", serde_json::Value::String(v));
+                    if v.is_empty()
+                        || v.contains(|c: char| c.is_whitespace() || c == '"' || c.is_control())
+                    {
+                        // JSON quoting escapes C0 controls; DEL, C1 and line separators next.
+                        let q = serde_json::Value::String(v).to_string();
+                        let _ = write!(s, " {k}={}", escape_text(&q));
                     } else {
                         let _ = write!(s, " {k}={v}");
                     }
@@ -358,8 +362,22 @@ fn push_json_str(out: &mut String, v: &str) {
     out.push_str(&serde_json::to_string(v).unwrap_or_default());
 }
 
+/// Text lines are for terminals: no control character (line breaks, escape sequences, NUL,
+/// DEL, C1) and no Unicode line separator reaches the output raw.
 fn escape_text(msg: &str) -> String {
-    msg.replace('\n', "\\n").replace('\r', "\\r")
+    let mut out = String::with_capacity(msg.len());
+    for c in msg.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 const REDACTED: &str = "[REDACTED]";

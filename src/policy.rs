@@ -11,6 +11,7 @@
 //!
 //! The model is documented in `docs/policy.md`; keep both in step.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use crate::metrics::Counter;
@@ -154,8 +155,9 @@ pub enum DropReason {
     InvalidSubject(SubjectError),
     /// Intersects this guard rail (`DENY_SUBJECTS`).
     GuardRail(String),
-    /// Could match a subject whose first token starts with `_INBOX` (someone's inbox), or
-    /// starts with a wildcard. Built in, not configurable.
+    /// Could match a subject whose first token starts with `_INBOX` (someone's inbox), is a
+    /// server reply prefix (`_R_`, `_GR_`), or starts with a wildcard. Built in, not
+    /// configurable.
     ReservedInbox,
     /// The same entry appeared earlier in the same annotation.
     Duplicate,
@@ -177,7 +179,7 @@ impl DropReason {
             DropReason::InvalidSubject(e) => format!("invalid subject: {e}"),
             DropReason::GuardRail(r) => format!("overlaps guard rail {r}"),
             DropReason::ReservedInbox => {
-                "could reach another client's inbox (first token is a wildcard or starts with _INBOX)"
+                "could reach another client's inbox or replies (first token is a wildcard, starts with _INBOX, or is _R_ or _GR_)"
                     .to_string()
             }
             DropReason::Duplicate => "duplicate of an earlier entry".to_string(),
@@ -222,11 +224,18 @@ impl PolicyOutcome {
         })
     }
 
-    /// Logs every dropped entry (warning; duplicates at debug) and counts it in
-    /// `nats_k8s_callout_annotation_entries_dropped_total{reason}`.
+    /// Logs dropped entries (warning; duplicates at debug), at most [`MAX_LOGGED_DROPS`] per
+    /// call plus one summary line, and counts every one in
+    /// `nats_k8s_callout_annotation_entries_dropped_total{reason}`. Runs on every connect, so
+    /// an annotation full of bad entries must not turn into thousands of lines each time.
     pub fn report(&self, namespace: &str, service_account: &str) {
+        let mut total = 0usize;
         for (e, reason) in self.dropped() {
             dropped_counter(reason.code()).inc();
+            total += 1;
+            if total > MAX_LOGGED_DROPS {
+                continue;
+            }
             let entry = printable(&e.entry);
             let lvl = if matches!(reason, DropReason::Duplicate) {
                 log::Level::Debug
@@ -237,8 +246,16 @@ impl PolicyOutcome {
                 service_account = service_account, direction = e.direction.as_str(),
                 entry = entry.as_str(); "annotation entry dropped: {}", reason.detail());
         }
+        if total > MAX_LOGGED_DROPS {
+            log::warn!(namespace = namespace, service_account = service_account,
+                dropped = total, not_logged = total - MAX_LOGGED_DROPS;
+                "more annotation entries dropped than are logged one by one");
+        }
     }
 }
+
+/// Dropped annotation entries logged one by one per [`PolicyOutcome::report`].
+pub const MAX_LOGGED_DROPS: usize = 16;
 
 /// An entry made safe to log: at most 128 characters, control and non-ASCII escaped.
 fn printable(s: &str) -> String {
@@ -319,10 +336,20 @@ pub fn parse_private_inbox_prefix(prefix: &str) -> Option<(String, String)> {
     (is_dns_label(ns) && is_dns_subdomain(&sa)).then(|| (ns.to_string(), sa))
 }
 
-/// Could pattern `p` match a subject whose first token starts with `_INBOX` (any inbox)?
+/// First tokens of the server's own reply subjects: `_R_` for replies to requests that came
+/// in through a service import, `_GR_` for replies routed between clusters. Whoever may
+/// subscribe there reads replies meant for clients of other accounts (checked against
+/// nats-server 2.15.1 for `_R_`); whoever may publish there can forge them.
+pub const SERVER_REPLY_TOKENS: &[&str] = &["_R_", "_GR_"];
+
+/// Could pattern `p` match a subject whose first token starts with `_INBOX` (any inbox) or is
+/// one of the server's reply prefixes?
 fn reaches_inboxes(p: &str) -> bool {
     let first = p.split('.').next().unwrap_or("");
-    first == "*" || first == ">" || first.starts_with(INBOX_TOKEN)
+    first == "*"
+        || first == ">"
+        || first.starts_with(INBOX_TOKEN)
+        || SERVER_REPLY_TOKENS.contains(&first)
 }
 
 /// Builds the permissions of `namespace`/`service_account` from the settings and the raw
@@ -417,7 +444,10 @@ fn grant(
     mut allow: Vec<String>,
     entries: &mut Vec<EntryOutcome>,
 ) -> Vec<String> {
-    let mut seen: Vec<&str> = Vec::new();
+    // Sets, not list scans: an annotation may hold tens of thousands of entries (256 KiB),
+    // and this runs on every connect.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let defaults: HashSet<String> = allow.iter().cloned().collect();
     for raw in annotation.unwrap_or("").split(',') {
         let entry = raw.trim();
         if entry.is_empty() {
@@ -433,11 +463,10 @@ fn grant(
             Verdict::Dropped(DropReason::GuardRail(rail.clone()))
         } else if reaches_inboxes(entry) {
             Verdict::Dropped(DropReason::ReservedInbox)
-        } else if seen.contains(&entry) {
+        } else if !seen.insert(entry) {
             Verdict::Dropped(DropReason::Duplicate)
         } else {
-            seen.push(entry);
-            if !allow.iter().any(|a| a == entry) {
+            if !defaults.contains(entry) {
                 allow.push(entry.to_string());
             }
             Verdict::Kept

@@ -4,7 +4,6 @@
 //!
 //! Vectors are found at `$NATS_K8S_VECTORS_DIR`, else `<CARGO_MANIFEST_DIR>/../shared/vectors`.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
@@ -14,27 +13,11 @@ use nats_k8s_callout::httpclient::HttpSettings;
 use nats_k8s_callout::jwks::{
     default_http, start_refresher, IssuerSource, JwksError, KeySource, KeyStore, StoreConfig,
 };
+use nats_k8s_callout::testkit::vectors::read;
 use nats_k8s_callout::token::{TokenConfig, TokenError, Validator};
 
 const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
 const NOW: u64 = 1_767_229_320;
-
-fn vectors() -> PathBuf {
-    let dir = std::env::var_os("NATS_K8S_VECTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"));
-    assert!(
-        dir.join("README.md").is_file(),
-        "test vectors not found at {} (set NATS_K8S_VECTORS_DIR or place shared/ beside the repo)",
-        dir.display()
-    );
-    dir
-}
-
-fn read(rel: &str) -> String {
-    let p = vectors().join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 struct State {
     jwks: String,

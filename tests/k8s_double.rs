@@ -4,31 +4,19 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, Fault, K8sDouble, Target};
+use nats_k8s_callout::testkit::vectors;
 use serde_json::Value;
 
-fn vectors() -> PathBuf {
-    let p = std::env::var_os("NATS_K8S_VECTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"));
-    assert!(
-        p.join("k8s-api-fixtures").is_dir(),
-        "test vectors not found at {} (set NATS_K8S_VECTORS_DIR or place shared/ beside the repo)",
-        p.display()
-    );
-    p
-}
-
 fn fixture(name: &str) -> Value {
-    let p = vectors().join("k8s-api-fixtures").join(name);
+    let p = vectors::dir().join("k8s-api-fixtures").join(name);
     serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
 }
 
 fn ndjson(name: &str) -> Vec<Value> {
-    let p = vectors().join("k8s-api-fixtures").join(name);
+    let p = vectors::dir().join("k8s-api-fixtures").join(name);
     std::fs::read_to_string(p)
         .unwrap()
         .lines()
@@ -471,9 +459,10 @@ fn jwks_discovery_and_token_request() {
     assert_eq!(r.headers()["content-type"], "application/jwk-set+json");
     assert_eq!(r.headers()["cache-control"], "public, max-age=3600");
     let jwks: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    let vec_jwks: Value =
-        serde_json::from_slice(&std::fs::read(vectors().join("k8s-testkeys/jwks.json")).unwrap())
-            .unwrap();
+    let vec_jwks: Value = serde_json::from_slice(
+        &std::fs::read(vectors::dir().join("k8s-testkeys/jwks.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         jwks["keys"][0], vec_jwks["keys"][0],
         "same RSA JWK as the vectors"
@@ -491,7 +480,7 @@ fn jwks_discovery_and_token_request() {
     assert_eq!(r.headers()["content-type"], "application/json");
     let disc: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     let vdisc: Value = serde_json::from_slice(
-        &std::fs::read(vectors().join("k8s-testkeys/openid-configuration.json")).unwrap(),
+        &std::fs::read(vectors::dir().join("k8s-testkeys/openid-configuration.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(keys(&disc), keys(&vdisc));

@@ -5,11 +5,11 @@
 //! Vectors are found at `$NATS_K8S_VECTORS_DIR`, else `<CARGO_MANIFEST_DIR>/../shared/vectors`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use data_encoding::{BASE64, BASE64URL_NOPAD};
 use nats_k8s_callout::jwks::{IssuerSource, KeySource, KeyStore, StoreConfig};
+use nats_k8s_callout::testkit::vectors::{self, read};
 use nats_k8s_callout::token::validate::validate;
 use nats_k8s_callout::token::{KeySet, TokenConfig, TokenError, ValidatedToken, Validator};
 use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
@@ -21,23 +21,6 @@ const LEGACY_ISS: &str = "kubernetes/serviceaccount";
 const K8S_NOW: u64 = 1_767_229_320;
 const RSA_KID: &str = "JHJehTTTZlsspKHT-GaJxK7Kd1NQgZJu3fyK6K_QDYU";
 const EC_KID: &str = "SoABiieYuNx4UdqYvZRVeuC6SihxgLrhLy9peHMHpTc";
-
-fn vectors() -> PathBuf {
-    let dir = std::env::var_os("NATS_K8S_VECTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"));
-    assert!(
-        dir.join("README.md").is_file(),
-        "test vectors not found at {} (set NATS_K8S_VECTORS_DIR or place shared/ beside the repo)",
-        dir.display()
-    );
-    dir
-}
-
-fn read(rel: &str) -> String {
-    let p = vectors().join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 fn key_set(rel: &str) -> Arc<KeySet> {
     let (set, _skipped) = KeySet::from_jwks_json(read(rel).as_bytes()).unwrap();
@@ -92,7 +75,7 @@ fn k8s_testkeys_vectors_pure_and_through_the_validator() {
     let store = KeyStore::new(
         vec![IssuerSource {
             issuer: K8S_ISS.into(),
-            source: KeySource::File(vectors().join("k8s-testkeys/jwks.json")),
+            source: KeySource::File(vectors::dir().join("k8s-testkeys/jwks.json")),
         }],
         StoreConfig::default(),
     )

@@ -172,6 +172,10 @@ impl Callout {
                 cfg.queue_capacity,
             )
             .map_err(|e| CalloutError::Subscribe(e.code()))?;
+        // A PING/PONG round trip: once it returns the server has the subscription, so a client
+        // connecting after `start` returns is never sent to an empty queue group.
+        conn.flush(Duration::from_secs(5))
+            .map_err(|e| CalloutError::Subscribe(e.code()))?;
         let sub = Arc::new(sub);
         let rx = sub.receiver().clone();
         let pool = WorkerPool::start(rx, Arc::new(conn.clone()), processor, cfg.workers);

@@ -21,8 +21,8 @@ pub struct IssuerSource {
 pub struct StoreConfig {
     /// At most one unknown-kid refresh per issuer per interval (default 30 s).
     pub unknown_kid_min_interval: Duration,
-    /// How long an unknown-kid lookup (and any caller) waits for a fetch in flight
-    /// (default 1 s: the NATS auth callout times out after 2 s). The fetch itself goes on in
+    /// How long an unknown-kid lookup (and any caller) waits for a fetch in flight, counted
+    /// from the start of that fetch (default 1 s: the NATS auth callout times out after 2 s). The fetch itself goes on in
     /// the background and serves the client's retry.
     pub in_flight_wait: Duration,
     /// Periodic refresh without a `Cache-Control: max-age` (default 15 min).
@@ -55,6 +55,8 @@ impl Default for StoreConfig {
 #[derive(Debug, Default)]
 struct Flight {
     in_flight: bool,
+    /// When the fetch in flight started: waits for it end `in_flight_wait` after this.
+    started: Option<Instant>,
     generation: u64,
     last_result: Option<Result<Option<Duration>, JwksError>>,
     last_unknown_kid: Option<Instant>,
@@ -213,6 +215,7 @@ impl KeyStore {
             }
             f.last_unknown_kid = Some(Instant::now());
             f.in_flight = true;
+            f.started = Some(Instant::now());
             slot.metrics.unknown_kid.inc();
             // The kid is attacker-controlled header data: it is not logged.
             log::info!(issuer = slot.issuer.as_str(); "token names an unknown kid: refreshing JWKS");
@@ -244,18 +247,25 @@ impl KeyStore {
         self.fly(slot, f)
     }
 
-    /// Waits (bounded) until the fetch in flight when called has finished.
+    /// Waits (bounded) until the fetch in flight when called has finished. The bound counts
+    /// from the start of that fetch, not from this call: while a fetch is slow, lookups after
+    /// its first `in_flight_wait` return at once instead of each holding a decision worker
+    /// for another full wait (junk tokens naming unknown kids cost no signature to send).
     fn wait_for_flight<'a>(
         &self,
         slot: &'a Slot,
         f: std::sync::MutexGuard<'a, Flight>,
     ) -> std::sync::MutexGuard<'a, Flight> {
         let gen = f.generation;
+        let wait = f.started.map_or(self.cfg.in_flight_wait, |s| {
+            (s + self.cfg.in_flight_wait).saturating_duration_since(Instant::now())
+        });
+        if !f.in_flight || wait.is_zero() {
+            return f;
+        }
         let (f, timeout) = slot
             .done
-            .wait_timeout_while(f, self.cfg.in_flight_wait, |f| {
-                f.in_flight && f.generation == gen
-            })
+            .wait_timeout_while(f, wait, |f| f.in_flight && f.generation == gen)
             .unwrap_or_else(|p| p.into_inner());
         if timeout.timed_out() {
             log::warn!(issuer = slot.issuer.as_str(); "gave up waiting for an in-flight JWKS fetch");
@@ -270,6 +280,7 @@ impl KeyStore {
         mut f: std::sync::MutexGuard<'_, Flight>,
     ) -> Result<Option<Duration>, JwksError> {
         f.in_flight = true;
+        f.started = Some(Instant::now());
         drop(f);
         self.land(slot)
     }

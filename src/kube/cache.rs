@@ -20,13 +20,14 @@ use crate::metrics::{global, Counter, Gauge};
 /// What the decision needs to know about one ServiceAccount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaRecord {
-    pub uid: String,
-    /// Annotations whose key starts with the configured prefix; full keys, sorted by key.
-    pub annotations: Vec<(String, String)>,
+    pub uid: Uid,
+    /// Annotations whose key starts with the configured prefix; full keys (shared between
+    /// records), sorted by key. Empty costs no allocation.
+    pub annotations: Box<[(Arc<str>, Box<str>)]>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
     /// Opaque `metadata.resourceVersion`.
-    pub resource_version: String,
+    pub resource_version: ResourceVersion,
 }
 
 impl SaRecord {
@@ -34,8 +35,193 @@ impl SaRecord {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| **k == *key)
+            .map(|(_, v)| &**v)
+    }
+}
+
+/// A ServiceAccount UID, compared exactly like the string it came from. Stored in 16 bytes
+/// when it is a canonical UUID (lowercase hex, hyphenated: what Kubernetes generates), else
+/// as the string itself.
+#[derive(Clone)]
+pub enum Uid {
+    Uuid([u8; 16]),
+    Other(Box<str>),
+}
+
+impl Uid {
+    pub fn new(s: &str) -> Uid {
+        match parse_uuid(s) {
+            Some(b) => Uid::Uuid(b),
+            None => Uid::Other(s.into()),
+        }
+    }
+
+    /// Exactly `self.to_string() == s`, without formatting.
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            Uid::Uuid(b) => parse_uuid(s).as_ref() == Some(b),
+            Uid::Other(o) => **o == *s,
+        }
+    }
+}
+
+/// The 16 bytes of a canonical UUID string (36 characters, lowercase hex, hyphens at 8, 13,
+/// 18, 23); `None` for anything else, so that the bytes format back to the same string.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    let mut i = 0;
+    while i < 36 {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if b[i] != b'-' {
+                return None;
+            }
+            i += 1;
+            continue;
+        }
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        out[n] = (hex(b[i])? << 4) | hex(b[i + 1])?;
+        n += 1;
+        i += 2;
+    }
+    Some(out)
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uid::Uuid(b) => {
+                for (i, x) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{x:02x}")?;
+                }
+                Ok(())
+            }
+            Uid::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::fmt::Debug for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl PartialEq for Uid {
+    fn eq(&self, other: &Uid) -> bool {
+        match (self, other) {
+            (Uid::Uuid(a), Uid::Uuid(b)) => a == b,
+            (a, Uid::Other(s)) => a.matches(s),
+            (Uid::Other(s), b) => b.matches(s),
+        }
+    }
+}
+impl Eq for Uid {}
+
+impl PartialEq<str> for Uid {
+    fn eq(&self, s: &str) -> bool {
+        self.matches(s)
+    }
+}
+impl PartialEq<&str> for Uid {
+    fn eq(&self, s: &&str) -> bool {
+        self.matches(s)
+    }
+}
+impl PartialEq<String> for Uid {
+    fn eq(&self, s: &String) -> bool {
+        self.matches(s)
+    }
+}
+impl PartialEq<Uid> for String {
+    fn eq(&self, u: &Uid) -> bool {
+        u.matches(self)
+    }
+}
+
+/// An opaque `metadata.resourceVersion`, compared like the string. Stored inline when it is a
+/// canonical decimal number (what etcd-backed API servers send), else as the string.
+#[derive(Clone)]
+pub enum ResourceVersion {
+    Number(u64),
+    Other(Box<str>),
+}
+
+impl ResourceVersion {
+    pub fn new(s: &str) -> ResourceVersion {
+        match parse_decimal(s) {
+            Some(n) => ResourceVersion::Number(n),
+            None => ResourceVersion::Other(s.into()),
+        }
+    }
+
+    /// Exactly `self.to_string() == s`.
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            ResourceVersion::Number(n) => parse_decimal(s) == Some(*n),
+            ResourceVersion::Other(o) => **o == *s,
+        }
+    }
+}
+
+/// A decimal without sign or leading zeros that fits a u64 (formats back to the same string).
+fn parse_decimal(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 20 || (b[0] == b'0' && b.len() > 1) {
+        return None;
+    }
+    if !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl std::fmt::Display for ResourceVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResourceVersion::Number(n) => write!(f, "{n}"),
+            ResourceVersion::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResourceVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl PartialEq for ResourceVersion {
+    fn eq(&self, other: &ResourceVersion) -> bool {
+        match (self, other) {
+            (ResourceVersion::Number(a), ResourceVersion::Number(b)) => a == b,
+            (a, ResourceVersion::Other(s)) => a.matches(s),
+            (ResourceVersion::Other(s), b) => b.matches(s),
+        }
+    }
+}
+impl Eq for ResourceVersion {}
+
+impl PartialEq<&str> for ResourceVersion {
+    fn eq(&self, s: &&str) -> bool {
+        self.matches(s)
+    }
+}
+impl PartialEq<String> for ResourceVersion {
+    fn eq(&self, s: &String) -> bool {
+        self.matches(s)
     }
 }
 
@@ -89,6 +275,7 @@ impl Default for CacheConfig {
 }
 
 /// The metadata we read from a ServiceAccount (list item, watch object, GET) or a Status.
+/// Everything else (`managedFields`, labels, other fields) is skipped without allocating.
 #[derive(Debug, Default, Deserialize)]
 pub struct ObjectMeta {
     #[serde(default)]
@@ -100,9 +287,85 @@ pub struct ObjectMeta {
     #[serde(default, rename = "resourceVersion")]
     pub resource_version: Option<String>,
     #[serde(default)]
-    pub annotations: Option<HashMap<String, String>>,
+    pub annotations: Option<KeptAnnotations>,
     #[serde(default, rename = "deletionTimestamp")]
     pub deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+/// `metadata.annotations`, keeping only the keys that start with the prefix set by
+/// [`with_annotation_prefix`] (all keys when none is set): other keys are read into the
+/// parser's scratch buffer and their values skipped, so a large
+/// `kubectl.kubernetes.io/last-applied-configuration` is never materialised.
+#[derive(Debug, Default)]
+pub struct KeptAnnotations(pub Vec<(Box<str>, Box<str>)>);
+
+thread_local! {
+    static KEEP_PREFIX: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (which parses ServiceAccounts on this thread) keeping only annotations under
+/// `prefix`. `Object::into_record` filters by prefix again, so this only saves memory.
+pub fn with_annotation_prefix<T>(prefix: &str, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let old = self.0.take();
+            KEEP_PREFIX.with_borrow_mut(|p| *p = old);
+        }
+    }
+    let _restore = Restore(KEEP_PREFIX.with_borrow_mut(|p| p.replace(prefix.to_string())));
+    f()
+}
+
+impl<'de> Deserialize<'de> for KeptAnnotations {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+        /// A key: `Some` (allocated) when kept, `None` (not allocated) otherwise.
+        struct Key;
+        impl<'de> DeserializeSeed<'de> for Key {
+            type Value = Option<Box<str>>;
+            fn deserialize<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                d.deserialize_str(self)
+            }
+        }
+        impl Visitor<'_> for Key {
+            type Value = Option<Box<str>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an annotation key")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Self::Value, E> {
+                let keep =
+                    KEEP_PREFIX.with_borrow(|p| p.as_deref().is_none_or(|p| k.starts_with(p)));
+                Ok(keep.then(|| k.into()))
+            }
+        }
+        struct Map;
+        impl<'de> Visitor<'de> for Map {
+            type Value = KeptAnnotations;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an annotations object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut kept = Vec::new();
+                while let Some(k) = m.next_key_seed(Key)? {
+                    match k {
+                        Some(k) => kept.push((k, m.next_value::<Box<str>>()?)),
+                        None => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(KeptAnnotations(kept))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(KeptAnnotations::default())
+            }
+        }
+        d.deserialize_any(Map)
+    }
 }
 
 /// A ServiceAccount (or a Status in watch ERROR events: then `code`/`reason`/`message` are set).
@@ -123,24 +386,39 @@ impl Object {
     pub fn into_record(self, prefix: &str) -> Option<(Box<str>, SaRecord)> {
         let m = self.metadata;
         let key = cache_key(m.namespace.as_deref()?, m.name.as_deref()?);
-        let mut annotations: Vec<(String, String)> = m
-            .annotations
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .collect();
-        annotations.sort_unstable();
-        annotations.shrink_to_fit();
+        let uid = Uid::new(m.uid.as_deref()?);
+        let mut kept = m.annotations.unwrap_or_default().0;
+        kept.retain(|(k, _)| k.starts_with(prefix));
+        // Duplicate keys: the last one wins (as a JSON object read into a map would).
+        kept.reverse();
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        kept.dedup_by(|a, b| a.0 == b.0);
+        let annotations = kept.into_iter().map(|(k, v)| (intern_key(&k), v)).collect();
         Some((
             key,
             SaRecord {
-                uid: m.uid?,
+                uid,
                 annotations,
                 deleting: m.deletion_timestamp.is_some(),
-                resource_version: m.resource_version.unwrap_or_default(),
+                resource_version: ResourceVersion::new(m.resource_version.as_deref().unwrap_or("")),
             },
         ))
     }
+}
+
+/// One shared copy of each annotation key (there are only a few distinct ones: the policy's
+/// two). Bounded: past 64 distinct keys, new ones get their own copy.
+fn intern_key(k: &str) -> Arc<str> {
+    static KEYS: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(a) = keys.iter().find(|a| ***a == *k) {
+        return a.clone();
+    }
+    let a: Arc<str> = k.into();
+    if keys.len() < 64 {
+        keys.push(a.clone());
+    }
+    a
 }
 
 pub fn cache_key(namespace: &str, name: &str) -> Box<str> {
@@ -314,7 +592,13 @@ impl Shared {
     /// Replaces the whole map atomically (after a complete list).
     pub fn replace_all(&self, map: SaMap) {
         let n = map.len();
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        let old = std::mem::replace(
+            &mut *self.map.write().unwrap_or_else(|p| p.into_inner()),
+            map,
+        );
+        // Freed outside the lock (readers are not held up), and its pages given back.
+        drop(old);
+        release_free_memory();
         // A relist may reveal deletions: remembered lazy answers are not trusted past it.
         self.lazy.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.deletions.fetch_add(1, Ordering::SeqCst);
@@ -324,6 +608,17 @@ impl Shared {
         self.synced.store(true, Ordering::Release);
         self.metrics.synced.set(1);
         self.touch();
+    }
+
+    /// The cached record for `key` if it equals `rec`: a relist shares unchanged records with
+    /// the map it replaces instead of holding two copies.
+    pub fn unchanged(&self, key: &str, rec: &SaRecord) -> Option<Arc<SaRecord>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|old| ***old == *rec)
+            .cloned()
     }
 
     pub fn upsert(&self, key: Box<str>, rec: SaRecord, ev: EventType) {
@@ -515,7 +810,9 @@ impl Shared {
             encode_query_value(name)
         );
         let deletions = self.deletions.load(Ordering::SeqCst);
-        let res = client.get_json::<Object>(&path, Some(self.cfg.lazy_get_deadline));
+        let res = with_annotation_prefix(&self.cfg.annotation_prefix, || {
+            client.get_json::<Object>(&path, Some(self.cfg.lazy_get_deadline))
+        });
         let (result, remembered, ttl) = match res {
             Ok(obj) => match obj.into_record(&self.cfg.annotation_prefix) {
                 Some((_, rec)) => {
@@ -566,6 +863,15 @@ impl Shared {
     }
 }
 
+/// Returns freed heap pages to the system (after a relist dropped the old map).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of / inside the heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A DNS-1123 subdomain-ish name (what namespaces and ServiceAccount names may be): we refuse
 /// to put anything else into a URL path.
 fn valid_name(s: &str) -> bool {
@@ -596,13 +902,8 @@ mod tests {
         assert_eq!(r.uid, "u1");
         assert!(r.deleting);
         assert_eq!(r.resource_version, "7");
-        assert_eq!(
-            r.annotations,
-            vec![
-                ("nats.io/a".into(), "1".into()),
-                ("nats.io/b".into(), "2".into())
-            ]
-        );
+        let kept: Vec<(&str, &str)> = r.annotations.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(kept, [("nats.io/a", "1"), ("nats.io/b", "2")]);
         assert_eq!(r.annotation("nats.io/b"), Some("2"));
         let no_uid: Object =
             serde_json::from_str(r#"{"metadata":{"name":"a","namespace":"n"}}"#).unwrap();
@@ -626,6 +927,122 @@ mod tests {
         assert_eq!(s.lookup("ns", "b"), Lookup::NotFound);
         s.remove("ns/a");
         assert_eq!(s.lookup("ns", "a"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn uids_compare_exactly_like_their_strings() {
+        let canon = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+        let u = Uid::new(canon);
+        assert!(matches!(u, Uid::Uuid(_)));
+        assert_eq!(u.to_string(), canon);
+        assert_eq!(u, canon);
+        assert_eq!(u, Uid::Other(canon.into()), "same string, other storage");
+        // Anything that is not byte-for-byte the same string is a different UID.
+        for other in [
+            "0F1E2D3C-4B5A-4968-8776-A5B4C3D2E1F0",
+            "0f1e2d3c4b5a49688776a5b4c3d2e1f0",
+            "{0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0}",
+            "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f1",
+            "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0 ",
+            "0f1e2d3c-4b5a-4968-8776+a5b4c3d2e1f0",
+            "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1g0",
+            "",
+        ] {
+            assert_ne!(u, other, "{other:?}");
+            assert_ne!(u, Uid::new(other), "{other:?}");
+            let kept = Uid::new(other);
+            assert!(
+                matches!(kept, Uid::Other(_)) || other.len() == 36,
+                "{other:?}"
+            );
+            assert_eq!(kept.to_string(), other, "kept as given");
+        }
+        let odd = Uid::new("not-a-uuid");
+        assert_eq!(odd, "not-a-uuid");
+        assert_ne!(odd, "not-a-uuiD");
+    }
+
+    #[test]
+    fn a_record_fits_in_72_bytes() {
+        // With the Arc counts: 88 bytes, one 96-byte malloc chunk (glibc) per account.
+        assert!(
+            std::mem::size_of::<SaRecord>() <= 72,
+            "{}",
+            std::mem::size_of::<SaRecord>()
+        );
+    }
+
+    #[test]
+    fn resource_versions_compare_exactly_like_their_strings() {
+        for (s, inline) in [
+            ("0", true),
+            ("1305", true),
+            ("18446744073709551615", true),
+            ("18446744073709551616", false),
+            ("007", false),
+            ("+7", false),
+            ("", false),
+            ("abc", false),
+        ] {
+            let rv = ResourceVersion::new(s);
+            assert_eq!(matches!(rv, ResourceVersion::Number(_)), inline, "{s:?}");
+            assert_eq!(rv.to_string(), s);
+            assert_eq!(rv, s);
+        }
+        assert_ne!(ResourceVersion::new("7"), "07");
+        assert_ne!(ResourceVersion::new("07"), "7");
+        assert_eq!(
+            ResourceVersion::new("7"),
+            ResourceVersion::Other("7".into())
+        );
+    }
+
+    #[test]
+    fn only_prefixed_annotations_are_parsed_and_the_last_duplicate_wins() {
+        let json = r#"{"metadata":{"name":"a","namespace":"ns","uid":"u","annotations":{
+            "kubectl.kubernetes.io/last-applied-configuration":"{\"big\":true}",
+            "nats.io/x":"1","nats.io/x":"2","nats.io/a":"0","nats.iox":"no"}}}"#;
+        let obj: Object =
+            with_annotation_prefix("nats.io/", || serde_json::from_str(json)).unwrap();
+        let parsed = obj.metadata.annotations.as_ref().unwrap();
+        assert!(
+            parsed.0.iter().all(|(k, _)| k.starts_with("nats.io/")),
+            "{parsed:?}"
+        );
+        let (_, r) = obj.into_record("nats.io/").unwrap();
+        assert_eq!(r.annotation("nats.io/x"), Some("2"));
+        assert_eq!(r.annotation("nats.io/a"), Some("0"));
+        assert_eq!(r.annotations.len(), 2);
+        // Without a prefix set (e.g. a plain serde_json call), all are parsed and
+        // into_record still filters.
+        let obj: Object = serde_json::from_str(json).unwrap();
+        assert_eq!(obj.metadata.annotations.as_ref().unwrap().0.len(), 5);
+        let (_, r2) = obj.into_record("nats.io/").unwrap();
+        assert_eq!(r, r2);
+        // Keys are shared between records.
+        assert!(Arc::ptr_eq(&r.annotations[0].0, &r2.annotations[0].0));
+    }
+
+    #[test]
+    fn an_unchanged_record_is_shared_with_the_map_a_relist_replaces() {
+        let s = Shared::new(CacheConfig::default(), None);
+        let rec = |rv: &str| {
+            let json = format!(
+                r#"{{"metadata":{{"name":"a","namespace":"ns","uid":"u","resourceVersion":"{rv}"}}}}"#
+            );
+            serde_json::from_str::<Object>(&json)
+                .unwrap()
+                .into_record("nats.io/")
+                .unwrap()
+                .1
+        };
+        let mut m = SaMap::new();
+        m.insert(cache_key("ns", "a"), Arc::new(rec("5")));
+        s.replace_all(m);
+        let old = s.get_cached("ns", "a").unwrap();
+        assert!(Arc::ptr_eq(&s.unchanged("ns/a", &rec("5")).unwrap(), &old));
+        assert!(s.unchanged("ns/a", &rec("6")).is_none());
+        assert!(s.unchanged("ns/b", &rec("5")).is_none());
     }
 
     #[test]

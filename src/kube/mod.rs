@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use api::{ApiConfig, ApiError, ErrorKind, KubeClient};
-pub use cache::{CacheConfig, CacheStatus, Lookup, SaRecord};
+pub use cache::{CacheConfig, CacheStatus, Lookup, ResourceVersion, SaRecord, Uid};
 
 use crate::backoff::Backoff;
 

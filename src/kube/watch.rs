@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::api::{classify, encode_query_value, ApiError, ErrorKind, KubeClient, Status};
-use super::cache::{EventType, Object, SaMap, Shared};
+use super::cache::{with_annotation_prefix, EventType, Object, SaMap, Shared};
 use crate::backoff::{random_u64, Backoff};
 
 /// Stop signal shared between the watcher thread and its handle.
@@ -58,6 +58,8 @@ struct ListMeta {
     resource_version: Option<String>,
     #[serde(default, rename = "continue")]
     continue_token: Option<String>,
+    #[serde(default, rename = "remainingItemCount")]
+    remaining_item_count: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +78,8 @@ struct Event {
 }
 
 const MAX_PAGES: usize = 10_000;
+/// Bound on the map size reserved from a list's `remainingItemCount`.
+const MAX_PRESIZE: u64 = 1_000_000;
 
 fn collection_path(namespace: Option<&str>) -> String {
     match namespace {
@@ -107,10 +111,18 @@ pub fn list_all(client: &KubeClient, shared: &Shared) -> Result<(SaMap, String),
             Some(c) => format!("{query}&continue={}", encode_query_value(c)),
             None => query.clone(),
         };
-        let list: List = client.get_json(&path, None)?;
+        // One page at a time, parsed from the body stream; only our annotations are kept.
+        let list: List =
+            with_annotation_prefix(&cfg.annotation_prefix, || client.get_json(&path, None))?;
+        if map.capacity() == 0 {
+            // Size the map once from the first page (no rehash peaks while it grows).
+            let total = list.items.len() as u64 + list.metadata.remaining_item_count.unwrap_or(0);
+            map.reserve(total.min(MAX_PRESIZE) as usize);
+        }
         for item in list.items {
             if let Some((k, r)) = item.into_record(&cfg.annotation_prefix) {
-                map.insert(k, Arc::new(r));
+                let r = shared.unchanged(&k, &r).unwrap_or_else(|| Arc::new(r));
+                map.insert(k, r);
             }
         }
         match list.metadata.continue_token.filter(|c| !c.is_empty()) {
@@ -173,6 +185,18 @@ pub fn watch_once(
 
 /// Applies a stream of watch events (JSON values, any chunking) until EOF, error or stop.
 pub fn consume(
+    stream: impl std::io::Read,
+    shared: &Shared,
+    rv: &mut String,
+    ctl: &Control,
+) -> Result<WatchEnd, ApiError> {
+    // Only our annotations are kept while events are parsed on this thread.
+    with_annotation_prefix(&shared.cfg.annotation_prefix, || {
+        consume_events(stream, shared, rv, ctl)
+    })
+}
+
+fn consume_events(
     stream: impl std::io::Read,
     shared: &Shared,
     rv: &mut String,
@@ -331,7 +355,7 @@ fn failed(shared: &Shared, e: &ApiError, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::cache::{cache_key, CacheConfig};
+    use crate::kube::cache::{cache_key, CacheConfig, ResourceVersion, Uid};
     use std::io::Read;
 
     /// Hands out one byte per read: chunk boundaries everywhere.
@@ -361,10 +385,10 @@ mod tests {
             .iter()
             .map(|(ns, n, uid)| {
                 let rec = super::super::cache::SaRecord {
-                    uid: uid.to_string(),
-                    annotations: vec![],
+                    uid: Uid::new(uid),
+                    annotations: Box::new([]),
                     deleting: false,
-                    resource_version: "1".into(),
+                    resource_version: ResourceVersion::new("1"),
                 };
                 (cache_key(ns, n), Arc::new(rec))
             })
@@ -393,12 +417,10 @@ mod tests {
         assert_eq!(s.get_cached("shop", "reporter").unwrap().uid, "u-rep");
         let o = s.get_cached("shop", "orders-api").unwrap();
         assert_eq!(
-            o.annotations,
-            vec![(
-                "nats.example.io/publish".into(),
-                "orders.>, audit.orders".into()
-            )]
+            o.annotation("nats.example.io/publish"),
+            Some("orders.>, audit.orders")
         );
+        assert_eq!(o.annotations.len(), 1, "x/y is not kept");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod tls;
 use std::fmt;
 use std::time::Duration;
 
+pub(crate) use auth::parse_creds;
 pub use auth::Auth;
 pub use client::{Connection, Message, Subscription};
 pub use proto::{Headers, ServerInfo};

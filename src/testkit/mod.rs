@@ -5,3 +5,4 @@
 pub mod k8s_double;
 pub mod nats_server;
 pub mod operator;
+pub mod vectors;
