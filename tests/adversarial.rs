@@ -20,7 +20,7 @@ use nats_k8s_callout::decision::{DecisionSettings, K8sDecider};
 use nats_k8s_callout::httpclient::HttpSettings;
 use nats_k8s_callout::jwks::default_http;
 use nats_k8s_callout::jwks::{IssuerSource, KeySource, KeyStore, StoreConfig};
-use nats_k8s_callout::kube::{SaCache, SaRecord};
+use nats_k8s_callout::kube::{ResourceVersion, SaCache, SaRecord, Uid};
 use nats_k8s_callout::logging::{self, MemorySink};
 use nats_k8s_callout::logging::{Filter, Format, Logger};
 use nats_k8s_callout::natsjwt::{
@@ -634,10 +634,10 @@ fn decider(records: Vec<(&str, &str, SaRecord)>, now: u64) -> K8sDecider {
 
 fn record(uid: &str, deleting: bool) -> SaRecord {
     SaRecord {
-        uid: uid.into(),
-        annotations: vec![],
+        uid: Uid::new(uid),
+        annotations: Box::default(),
         deleting,
-        resource_version: "1".into(),
+        resource_version: ResourceVersion::new("1"),
     }
 }
 
