@@ -243,7 +243,10 @@ pub fn encode<B: ClaimBody, S: JwtSigner + ?Sized>(
     let unhashed = serde_json::to_vec(&*claims).map_err(|_| JwtError::Json)?;
     let digest = ring::digest::digest(&ring::digest::SHA512_256, &unhashed);
     claims.jti = BASE32_NOPAD.encode(digest.as_ref());
-    let payload = serde_json::to_vec(&*claims).map_err(|_| JwtError::Json)?;
+    let payload = match with_jti(&unhashed, claims) {
+        Some(p) => p,
+        None => serde_json::to_vec(&*claims).map_err(|_| JwtError::Json)?,
+    };
 
     let mut token = String::with_capacity(
         HEADER_B64.len() + 2 + BASE64URL_NOPAD.encode_len(payload.len()) + 86,
@@ -255,6 +258,29 @@ pub fn encode<B: ClaimBody, S: JwtSigner + ?Sized>(
     token.push('.');
     BASE64URL_NOPAD.encode_append(&sig, &mut token);
     Ok(token)
+}
+
+/// The claims JSON with `jti` inserted where serde puts it (after `aud` and `exp`, before
+/// `iat`), from the serialisation without `jti`: saves serialising the claims a second time.
+/// `None` if the text is not laid out as expected (the caller then serialises again).
+fn with_jti<B: ClaimBody>(unhashed: &[u8], claims: &Claims<B>) -> Option<Vec<u8>> {
+    let mut at = 1;
+    if !claims.aud.is_empty() {
+        at += "\"aud\":".len() + serde_json::to_string(&claims.aud).ok()?.len() + 1;
+    }
+    if claims.exp != 0 {
+        at += "\"exp\":".len() + claims.exp.to_string().len() + 1;
+    }
+    if unhashed.first() != Some(&b'{') || !unhashed.get(at..)?.starts_with(b"\"iat\":") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(unhashed.len() + claims.jti.len() + 9);
+    out.extend_from_slice(&unhashed[..at]);
+    out.extend_from_slice(b"\"jti\":");
+    serde_json::to_writer(&mut out, &claims.jti).ok()?;
+    out.push(b',');
+    out.extend_from_slice(&unhashed[at..]);
+    Some(out)
 }
 
 #[derive(Deserialize)]
@@ -760,6 +786,40 @@ mod tests {
             assert!(!is_public_key(&format!("{p}A"), kind.clone()));
             // A seed is not a public key.
             assert!(!is_public_key(&kp.seed().unwrap(), kind.clone()));
+        }
+    }
+
+    #[test]
+    fn jti_insertion_matches_a_second_serialisation() {
+        let acc = KeyPair::new_account();
+        let user = KeyPair::new_user().public_key();
+        let auds = ["", "APP", "a \"quoted\" \\ name", "ünïcode ✓", "\u{1}ctl"];
+        for aud in auds {
+            for exp in [0u64, 1, NOW + 3600, u64::MAX] {
+                for name in ["", "ns/sa"] {
+                    let mut c = Claims::new(user.clone(), NOW, User::default());
+                    c.aud = aud.to_string();
+                    c.exp = exp;
+                    c.name = name.to_string();
+                    c.nats.tags = vec!["k8s-namespace:shop".into()];
+                    let token = encode(&mut c, &acc).unwrap();
+                    let payload = token.split('.').nth(1).unwrap();
+                    let got = BASE64URL_NOPAD.decode(payload.as_bytes()).unwrap();
+                    assert_eq!(
+                        got,
+                        serde_json::to_vec(&c).unwrap(),
+                        "aud {aud:?} exp {exp}"
+                    );
+                    // The jti is the hash of the claims without it.
+                    let mut bare = c.clone();
+                    bare.jti.clear();
+                    let unhashed = serde_json::to_vec(&bare).unwrap();
+                    let d = ring::digest::digest(&ring::digest::SHA512_256, &unhashed);
+                    assert_eq!(c.jti, BASE32_NOPAD.encode(d.as_ref()));
+                    // The fast path is taken (not the fallback).
+                    assert_eq!(with_jti(&unhashed, &c), Some(got));
+                }
+            }
         }
     }
 
