@@ -1438,6 +1438,10 @@ fn main() {
     let mut mem = Vec::new();
     // Every double accepts the same API token (DoubleOptions::default).
     let setup = Setup::new(p.bin_dir.clone(), &DoubleOptions::default().token);
+    // E first, on a quiet process (later stages leave threads and a large heap behind).
+    // Logs are formatted as in production (JSON, info) but go nowhere.
+    let _ = nats_k8s_callout::logging::init_with_sink("info", "json", Box::new(std::io::sink()));
+    let micros = micro(&p, &setup);
     if !p.only_micro {
         let double = start_double(0);
         let tokens = client_tokens(&double);
@@ -1449,9 +1453,7 @@ fn main() {
         drop(live);
         mem = memory(&p, &setup);
     }
-    // Logs are formatted as in production (JSON, info) but go nowhere.
-    let _ = nats_k8s_callout::logging::init_with_sink("info", "json", Box::new(std::io::sink()));
-    let micros = micro(&p, &setup);
+
 
     let mut mj = Vec::new();
     if !mem.is_empty() {
