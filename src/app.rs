@@ -52,6 +52,17 @@ impl App {
     /// an address in use, issuers that cannot be discovered).
     pub fn start(cfg: &Config) -> Result<App, String> {
         let health = Arc::new(Health::new());
+        // Not ready while the other checks are still being registered (a readiness without
+        // checks would answer 200 from the first request on).
+        let starting = Arc::new(AtomicBool::new(true));
+        let st = starting.clone();
+        health.register_check(
+            "startup",
+            Box::new(move || match st.load(Ordering::SeqCst) {
+                true => (false, "starting".to_string()),
+                false => (true, "started".to_string()),
+            }),
+        );
         let http = http::serve(&cfg.http_addr.to_string(), health.clone())
             .map_err(|e| format!("HTTP_ADDR {}: {e}", cfg.http_addr))?;
 
@@ -86,6 +97,7 @@ impl App {
             .map_err(|e| format!("NATS thread: {e}"))?;
 
         register_checks(&health, &nats_side, &cache, &store);
+        starting.store(false, Ordering::SeqCst);
         Ok(App {
             health,
             http: Some(http),

@@ -12,7 +12,10 @@ use std::fmt;
 use nkeys::{KeyPair, KeyPairType};
 
 use crate::authz::Grant;
-use crate::natsjwt::{self, AuthorizationRequest, AuthorizationResponse, Claims, JwtError, User};
+use crate::natsjwt::{
+    self, AuthorizationRequest, AuthorizationResponse, Claims, FastSigner, JwtError, JwtSigner,
+    User,
+};
 
 /// Where admitted users are placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +69,8 @@ fn account_key(seed: &str) -> Result<KeyPair, SignerError> {
 /// The keys that sign user JWTs and responses, and where users go.
 pub struct Signers {
     placement: Placement,
-    user_signer: KeyPair,
-    response_signer: KeyPair,
+    user_signer: FastSigner,
+    response_signer: FastSigner,
     issuer_account: String,
 }
 
@@ -75,8 +78,8 @@ impl fmt::Debug for Signers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Signers")
             .field("placement", &self.placement)
-            .field("user_signer", &self.user_signer.public_key())
-            .field("response_signer", &self.response_signer.public_key())
+            .field("user_signer", &self.user_signer.public())
+            .field("response_signer", &self.response_signer.public())
             .finish()
     }
 }
@@ -117,10 +120,11 @@ impl Signers {
                 }
             }
         };
+        let fast = |kp: &KeyPair| FastSigner::new(kp).map_err(|_| SignerError::Seed);
         Ok(Signers {
             placement,
-            user_signer,
-            response_signer,
+            user_signer: fast(&user_signer)?,
+            response_signer: fast(&response_signer)?,
             issuer_account,
         })
     }
@@ -128,7 +132,7 @@ impl Signers {
     /// The public key that signs responses (the config-mode issuer, or the callout account
     /// key / signing key).
     pub fn response_signer(&self) -> String {
-        self.response_signer.public_key()
+        self.response_signer.public()
     }
 
     /// The placement.
