@@ -13,6 +13,7 @@ pub mod claims;
 pub mod jws;
 pub mod keys;
 pub mod validate;
+pub mod verified;
 
 use std::fmt;
 use std::sync::Arc;
@@ -169,6 +170,7 @@ impl std::error::Error for TokenError {}
 pub struct Validator {
     cfg: TokenConfig,
     store: Arc<KeyStore>,
+    verified: verified::VerifiedSignatures,
 }
 
 impl Validator {
@@ -178,7 +180,11 @@ impl Validator {
         if let Some(missing) = cfg.issuers.iter().find(|i| !store.has_issuer(i)) {
             return Err(format!("issuer {missing:?} has no key source"));
         }
-        Ok(Validator { cfg, store })
+        Ok(Validator {
+            cfg,
+            store,
+            verified: verified::VerifiedSignatures::default(),
+        })
     }
 
     pub fn config(&self) -> &TokenConfig {
@@ -187,21 +193,28 @@ impl Validator {
 
     /// Validates one token at time `now` (Unix seconds). On a `kid` the issuer's keys do not
     /// hold it asks the store for one rate-limited, single-flight refresh (blocking at most the
-    /// store's bounded wait) and retries once.
+    /// store's bounded wait) and retries once. A token whose signature was verified before
+    /// against the issuer's current key set skips the public-key operation
+    /// ([`verified`]); its claims are checked every time.
     pub fn validate(&self, token: &str, now: u64) -> Result<ValidatedToken, TokenError> {
         let p = validate::prepare(token, &self.cfg)?;
         let keys = self.store.key_set(p.issuer()).unwrap_or_default();
-        match validate::verify_signature(&p, &keys) {
-            Ok(()) => {}
-            Err(f) if f.refresh_may_help => {
-                let kid = p.kid().unwrap_or_default();
-                if !self.store.refresh_for_unknown_kid(p.issuer(), kid) {
-                    return Err(f.error);
+        let digest = p.digest();
+        if !self.verified.contains(&digest, &keys) {
+            let keys = match validate::verify_signature(&p, &keys) {
+                Ok(()) => keys,
+                Err(f) if f.refresh_may_help => {
+                    let kid = p.kid().unwrap_or_default();
+                    if !self.store.refresh_for_unknown_kid(p.issuer(), kid) {
+                        return Err(f.error);
+                    }
+                    let keys = self.store.key_set(p.issuer()).unwrap_or_default();
+                    validate::verify_signature(&p, &keys).map_err(|f| f.error)?;
+                    keys
                 }
-                let keys = self.store.key_set(p.issuer()).unwrap_or_default();
-                validate::verify_signature(&p, &keys).map_err(|f| f.error)?;
-            }
-            Err(f) => return Err(f.error),
+                Err(f) => return Err(f.error),
+            };
+            self.verified.insert(digest, keys);
         }
         validate::check_claims(p, &self.cfg, now)
     }

@@ -38,6 +38,10 @@ impl Prepared<'_> {
     pub fn kid(&self) -> Option<&str> {
         self.jws.header.kid.as_deref().filter(|k| !k.is_empty())
     }
+    /// What identifies these signed bytes and their signature (see `token::verified`).
+    pub fn digest(&self) -> [u8; 32] {
+        super::verified::digest(&self.jws)
+    }
 }
 
 /// Why the signature step failed, and whether fetching the issuer's keys again may help
