@@ -7,6 +7,9 @@
 //! discovered from the API server first (a few attempts with backoff, then start-up fails).
 //! Shutdown: readiness goes false, the callout drains (requests in flight are answered), then
 //! the other threads stop.
+//!
+//! Must never join the callout queue group before this replica can decide (keys for every
+//! issuer and the first ServiceAccount list), and never log a secret.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
