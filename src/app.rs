@@ -2,9 +2,14 @@
 //! (HTTP endpoints, ServiceAccount watcher, JWKS refresher, NATS connection + callout workers)
 //! and shuts them down in order.
 //!
-//! Start-up never blocks on a dependency: NATS, the API server and the JWKS endpoint may come up
-//! later; readiness says what is missing. Shutdown: readiness goes false, the callout drains
-//! (requests in flight are answered), then the other threads stop.
+//! Start-up does not wait for NATS, the API server or the JWKS endpoint: they may come up later;
+//! readiness says what is missing. One exception: in cluster without `JWT_ISSUER`, the issuer is
+//! discovered from the API server first (a few attempts with backoff, then start-up fails).
+//! Shutdown: readiness goes false, the callout drains (requests in flight are answered), then
+//! the other threads stop.
+//!
+//! Must never join the callout queue group before this replica can decide (keys for every
+//! issuer and the first ServiceAccount list), and never log a secret.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

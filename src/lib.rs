@@ -13,6 +13,8 @@
 //! - `decision`: the decision path that ties token, cache and policy together;
 //! - `config`: environment variables to validated settings;
 //! - `http`, `metrics`, `logging`: health, readiness, Prometheus metrics, structured logs;
+//! - `app`, `cli`, `signals`: wiring of the threads, the command line, SIGTERM/SIGINT;
+//! - `clock`, `backoff`, `secret`, `httpclient`, `permissions`: small shared pieces;
 //! - `testkit`: a nats-server process harness and a Kubernetes API double, for tests, the demo
 //!   and the benchmarks (never used by the service itself).
 

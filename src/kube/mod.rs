@@ -4,7 +4,7 @@
 //! - `watch`: the list+watch state machine run on the watcher thread;
 //! - `cache`: the compact cache, lazy GET on miss with a negative cache, readiness state.
 //!
-//! The decision calls [`SaCache::lookup`]; `main` starts the watcher with [`SaCache::start`] and
+//! The decision calls [`SaCache::lookup`]; `app` starts the watcher with [`SaCache::start`] and
 //! stops it with [`WatcherHandle::stop`]. This module never logs tokens and never mutates the
 //! cluster.
 
