@@ -72,10 +72,14 @@ impl App {
             .map_err(|e| format!("HTTP_ADDR {}: {e}", cfg.http_addr))?;
 
         let client = kube_client(cfg)?;
-        let (cache, watcher) = SaCache::start(client.clone(), cache_config(cfg));
+        let cache_cfg = CacheConfig {
+            health: Some(health.clone()),
+            ..cache_config(cfg)
+        };
+        let (cache, watcher) = SaCache::start(client.clone(), cache_cfg);
         let issuers = issuers(cfg, &client)?;
         let store = key_store(cfg, &issuers)?;
-        let refresher = jwks::start_refresher(store.clone())
+        let refresher = jwks::start_refresher_with_health(store.clone(), Some(health.clone()))
             .map_err(|e| format!("JWKS refresher thread: {e}"))?;
         let decider: Arc<dyn Decider> =
             Arc::new(decider(cfg, issuers, store.clone(), cache.clone())?);
@@ -86,7 +90,8 @@ impl App {
             callout: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
-        let callout_cfg = callout_config(cfg);
+        let mut callout_cfg = callout_config(cfg);
+        callout_cfg.health = Some(health.clone());
         let opts = nats_options(cfg);
         let side = nats_side.clone();
         let nats_thread = std::thread::Builder::new()

@@ -67,6 +67,14 @@ pub struct Health {
     shutting_down: AtomicBool,
 }
 
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("shutting_down", &self.is_shutting_down())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Self::new()
@@ -125,6 +133,16 @@ impl Health {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The names of the threads whose heartbeats liveness watches now.
+    pub fn heartbeats(&self) -> Vec<String> {
+        let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        beats
+            .iter()
+            .filter(|b| !b.retired.load(Ordering::SeqCst))
+            .map(|b| b.name.clone())
+            .collect()
     }
 
     /// Liveness: `Ok` or the names of the stale threads (with how long they were silent).
@@ -187,6 +205,14 @@ impl Health {
 pub struct Heartbeat {
     state: Arc<BeatState>,
     epoch: Instant,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("name", &self.state.name)
+            .finish()
+    }
 }
 
 impl Heartbeat {

@@ -48,6 +48,20 @@ async fn a_minted_token_logs_in_with_namespace_permissions() {
             "ready: {:?}",
             app.health().readiness()
         );
+        // Liveness watches every long-running thread of the service.
+        let beats = app.health().heartbeats();
+        for t in [
+            "sa-watch",
+            "jwks-refresh",
+            "callout-worker-0",
+            "callout-worker-3",
+        ] {
+            assert!(
+                beats.iter().any(|b| b == t),
+                "{t} has no heartbeat: {beats:?}"
+            );
+        }
+        assert_eq!(app.health().liveness(), Ok(()));
         app
     })
     .await

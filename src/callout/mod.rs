@@ -60,6 +60,8 @@ pub struct CalloutConfig {
     pub metrics: &'static Registry,
     /// The level at which admissions are logged (denials are always `warn`).
     pub admission_log_level: log::Level,
+    /// Where each worker thread registers its heartbeat (liveness), if anywhere.
+    pub health: Option<std::sync::Arc<crate::http::Health>>,
 }
 
 impl fmt::Debug for CalloutConfig {
@@ -89,6 +91,7 @@ impl CalloutConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             metrics: crate::metrics::global(),
             admission_log_level: log::Level::Info,
+            health: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use super::request::XKEY_HEADER;
 use super::{CalloutConfig, CalloutError, AUTH_SUBJECT};
 use crate::authz::Decider;
 use crate::clock::SystemClock;
+use crate::http::{Health, Heartbeat};
 use crate::nats::{Connection, Message};
 
 /// One delivered request message.
@@ -39,13 +40,18 @@ pub struct WorkerPool {
     processor: Arc<Processor>,
 }
 
+/// Longest a worker may go without finishing a loop (a decision is bounded well below: a lazy
+/// ServiceAccount GET 500 ms, a key refresh wait 1 s); silence beyond it is a stuck worker.
+const WORKER_SILENCE: Duration = Duration::from_secs(30);
+
 impl WorkerPool {
-    /// Start `n` workers reading `rx`.
+    /// Start `n` workers reading `rx`; each registers a heartbeat with `health`, if given.
     pub fn start<M: Inbound, R: Replier>(
         rx: Receiver<M>,
         replier: Arc<R>,
         processor: Arc<Processor>,
         n: usize,
+        health: Option<Arc<Health>>,
     ) -> Self {
         let draining = Arc::new(AtomicBool::new(false));
         let workers = (0..n.max(1))
@@ -54,9 +60,15 @@ impl WorkerPool {
                 let replier = replier.clone();
                 let processor = processor.clone();
                 let draining = draining.clone();
+                let health = health.clone();
                 std::thread::Builder::new()
                     .name(format!("callout-worker-{i}"))
-                    .spawn(move || worker(rx, &*replier, &processor, &draining))
+                    .spawn(move || {
+                        // Made on the worker's own thread, so a panic marks it dead.
+                        let beat = health
+                            .map(|h| h.heartbeat(&format!("callout-worker-{i}"), WORKER_SILENCE));
+                        worker(rx, &*replier, &processor, &draining, beat.as_ref())
+                    })
                     .expect("spawn callout worker")
             })
             .collect();
@@ -95,8 +107,12 @@ fn worker<M: Inbound, R: Replier + ?Sized>(
     replier: &R,
     processor: &Processor,
     draining: &AtomicBool,
+    beat: Option<&Heartbeat>,
 ) {
     loop {
+        if let Some(b) = beat {
+            b.beat();
+        }
         let msg = if draining.load(Ordering::SeqCst) {
             match rx.try_recv() {
                 Ok(m) => m,
@@ -178,7 +194,13 @@ impl Callout {
             .map_err(|e| CalloutError::Subscribe(e.code()))?;
         let sub = Arc::new(sub);
         let rx = sub.receiver().clone();
-        let pool = WorkerPool::start(rx, Arc::new(conn.clone()), processor, cfg.workers);
+        let pool = WorkerPool::start(
+            rx,
+            Arc::new(conn.clone()),
+            processor,
+            cfg.workers,
+            cfg.health.clone(),
+        );
         log::info!(
             queue_group = cfg.queue_group.as_str(),
             workers = cfg.workers,
@@ -326,7 +348,7 @@ mod tests {
         let p = processor(&cfg, decider).unwrap();
         let (tx, rx) = crossbeam_channel::bounded(16);
         let sink = Arc::new(Sink::default());
-        let pool = WorkerPool::start(rx, sink.clone(), p.clone(), cfg.workers);
+        let pool = WorkerPool::start(rx, sink.clone(), p.clone(), cfg.workers, None);
         let t0 = Instant::now();
         tx.send(Msg(
             Some("slow".into()),

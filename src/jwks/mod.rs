@@ -10,6 +10,6 @@ pub mod refresh;
 pub mod source;
 pub mod store;
 
-pub use refresh::{start_refresher, RefresherHandle};
+pub use refresh::{start_refresher, start_refresher_with_health, RefresherHandle};
 pub use source::{default_http, JwksError, KeySource, JWKS_ACCEPT, MAX_BODY_BYTES};
 pub use store::{IssuerSource, KeyStore, StoreConfig};

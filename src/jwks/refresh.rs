@@ -42,7 +42,22 @@ impl Drop for RefresherHandle {
 /// Spawns the refresh thread (named `jwks-refresh`). The first fetch of every issuer starts
 /// at once; poll [`KeyStore::ready`] for readiness.
 pub fn start_refresher(store: Arc<KeyStore>) -> std::io::Result<RefresherHandle> {
+    start_refresher_with_health(store, None)
+}
+
+/// How often the refresh thread wakes up at least (to beat its heartbeat).
+const WAKE: Duration = Duration::from_secs(10);
+
+/// As [`start_refresher`], registering the thread's heartbeat with `health` (liveness).
+pub fn start_refresher_with_health(
+    store: Arc<KeyStore>,
+    health: Option<Arc<crate::http::Health>>,
+) -> std::io::Result<RefresherHandle> {
     let (tx, rx) = bounded::<()>(1);
+    // A wake-up every WAKE, plus one fetch per issuer in a round (each bounded by its HTTP
+    // deadline, 10 s by default).
+    let silence = Duration::from_secs(60 + 15 * store.slot_count() as u64);
+    let heartbeat = health.map(|h| h.heartbeat("jwks-refresh", silence));
     let thread = std::thread::Builder::new()
         .name("jwks-refresh".into())
         .spawn(move || {
@@ -53,10 +68,17 @@ pub fn start_refresher(store: Arc<KeyStore>) -> std::io::Result<RefresherHandle>
                 .map(|_| Backoff::new(cfg.backoff_initial, cfg.backoff_max, Duration::ZERO))
                 .collect();
             loop {
+                if let Some(h) = &heartbeat {
+                    h.beat();
+                }
                 let next = due.iter().min().copied().unwrap_or_else(Instant::now);
-                match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                let wait = next.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait.min(WAKE)) {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return,
+                }
+                if wait > WAKE {
+                    continue;
                 }
                 let now = Instant::now();
                 for i in 0..n {

@@ -255,6 +255,8 @@ pub struct CacheConfig {
     pub positive_ttl: Duration,
     /// Enable the lazy GET on cache misses.
     pub lazy_get: bool,
+    /// Where the watcher thread registers its heartbeat (liveness), if anywhere.
+    pub health: Option<Arc<crate::http::Health>>,
 }
 
 impl Default for CacheConfig {
@@ -270,6 +272,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(5),
             positive_ttl: Duration::from_secs(5),
             lazy_get: true,
+            health: None,
         }
     }
 }

@@ -47,8 +47,14 @@ impl SaCache {
         cfg: CacheConfig,
         backoff: Backoff,
     ) -> (SaCache, WatcherHandle) {
+        // The watch read returns within `watch_idle` (the idle guard), and a relist or a
+        // backoff takes well under a minute; silence beyond that means a stuck thread.
+        let heartbeat = cfg
+            .health
+            .as_ref()
+            .map(|h| h.heartbeat("sa-watch", cfg.watch_idle + Duration::from_secs(90)));
         let shared = Arc::new(cache::Shared::new(cfg, Some(client.clone())));
-        let ctl = Arc::new(watch::Control::default());
+        let ctl = Arc::new(watch::Control::with_heartbeat(heartbeat));
         let (s2, c2) = (shared.clone(), ctl.clone());
         let thread = std::thread::Builder::new()
             .name("sa-watch".into())

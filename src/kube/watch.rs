@@ -16,14 +16,30 @@ use super::api::{classify, encode_query_value, ApiError, ErrorKind, KubeClient, 
 use super::cache::{with_annotation_prefix, EventType, Object, SaMap, Shared};
 use crate::backoff::{random_u64, Backoff};
 
-/// Stop signal shared between the watcher thread and its handle.
+/// Stop signal shared between the watcher thread and its handle, and the thread's heartbeat.
 #[derive(Debug, Default)]
 pub struct Control {
     stopped: Mutex<bool>,
     cv: Condvar,
+    heartbeat: Option<crate::http::Heartbeat>,
 }
 
 impl Control {
+    /// A control whose thread beats `heartbeat` on every event and every wake-up.
+    pub fn with_heartbeat(heartbeat: Option<crate::http::Heartbeat>) -> Self {
+        Control {
+            heartbeat,
+            ..Control::default()
+        }
+    }
+
+    /// The watcher thread is alive (liveness).
+    pub fn beat(&self) {
+        if let Some(h) = &self.heartbeat {
+            h.beat();
+        }
+    }
+
     pub fn stop(&self) {
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.cv.notify_all();
@@ -35,6 +51,7 @@ impl Control {
 
     /// Sleeps `d` unless stopped first; returns whether we were stopped.
     pub fn sleep(&self, d: Duration) -> bool {
+        self.beat();
         let deadline = Instant::now() + d;
         let mut s = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         while !*s {
@@ -204,6 +221,7 @@ fn consume_events(
 ) -> Result<WatchEnd, ApiError> {
     let mut events = 0u64;
     for ev in serde_json::Deserializer::from_reader(stream).into_iter::<Event>() {
+        ctl.beat();
         if ctl.is_stopped() {
             return Ok(WatchEnd::Stopped);
         }
@@ -286,6 +304,7 @@ pub fn run(client: Arc<KubeClient>, shared: Arc<Shared>, ctl: Arc<Control>, mut 
     let mut rv: Option<String> = None;
     let mut watches = 0u64;
     while !ctl.is_stopped() {
+        ctl.beat();
         let Some(cur) = rv.as_mut() else {
             match list_all(&client, &shared) {
                 Ok((map, list_rv)) => {
