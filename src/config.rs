@@ -29,7 +29,6 @@ pub struct VarSpec {
     pub help: &'static str,
 }
 
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
@@ -714,11 +713,7 @@ impl Config {
                 if port.parse::<u16>().is_err() {
                     r.problem("KUBERNETES_SERVICE_PORT", format!("{port:?} is not a port"));
                 }
-                if host.contains(':') {
-                    format!("https://[{host}]:{port}")
-                } else {
-                    format!("https://{host}:{port}")
-                }
+                crate::kube::api::in_cluster_url(&host, &port)
             }
             (None, None) => {
                 r.problem(
@@ -744,7 +739,6 @@ impl Config {
             }
             None => None,
         };
-        debug_assert!(IN_CLUSTER_CA.starts_with(SA_DIR));
         let namespace = r.get("K8S_NAMESPACE");
         if let Some(ns) = &namespace {
             if !policy::is_dns_label(ns) {

@@ -14,9 +14,6 @@ use serde::Deserialize;
 
 use crate::httpclient::{agent, HttpSettings, TokenFile};
 
-/// Where the in-cluster credentials live.
-pub const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
 /// Largest list page body we accept (500 ServiceAccounts are well under 1 MiB).
 const MAX_LIST_BODY: u64 = 64 * 1024 * 1024;
 /// Largest single-object or Status body.
@@ -179,22 +176,6 @@ impl ApiConfig {
             connect_timeout: Duration::from_secs(5),
             token_max_age: Duration::from_secs(60),
         }
-    }
-
-    /// The in-cluster configuration from `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted
-    /// ServiceAccount files. `None` when not running in a cluster.
-    pub fn in_cluster() -> Option<Self> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").ok()?;
-        if host.is_empty() || port.is_empty() {
-            return None;
-        }
-        let dir = PathBuf::from(IN_CLUSTER_DIR);
-        Some(Self::new(
-            &in_cluster_url(&host, &port),
-            Some(dir.join("token")),
-            Some(dir.join("ca.crt")),
-        ))
     }
 }
 
