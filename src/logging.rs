@@ -261,7 +261,7 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut line = self.format_record(record, now_millis());
+        let mut line = self.format_record(record, crate::clock::unix_now_ms());
         line.push('\n');
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let _ = sink.write_all(line.as_bytes());
@@ -291,13 +291,6 @@ pub fn init_with_sink(
         .map_err(|_| LogError::AlreadyInstalled)?;
     log::set_max_level(max);
     Ok(())
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// `unix_millis` as RFC 3339 UTC with milliseconds: `2026-12-03T17:57:28.123Z`.
