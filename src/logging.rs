@@ -77,10 +77,12 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// `level` or `target=level` directives, comma-separated (no empty ones); a target is a
+    /// module path (`[A-Za-z0-9_:]`), a level one of `off`..`trace` in any case.
     pub fn parse(spec: &str) -> Result<Filter, LogError> {
         let mut default = LevelFilter::Info;
         let mut directives = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in spec.split(',').map(str::trim) {
             match part.split_once('=') {
                 Some((target, level)) => {
                     let target = target.trim();
@@ -88,7 +90,8 @@ impl Filter {
                         .trim()
                         .parse::<LevelFilter>()
                         .map_err(|_| LogError::BadLevel(part.to_string()))?;
-                    if target.is_empty() {
+                    let module_path = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+                    if target.is_empty() || !target.chars().all(module_path) {
                         return Err(LogError::BadLevel(part.to_string()));
                     }
                     directives.push((target.to_string(), level));
@@ -622,6 +625,16 @@ mod tests {
         assert!(Filter::parse("x=loud").is_err());
         assert!(Filter::parse("=info").is_err());
         assert_eq!(Filter::parse("off").unwrap().max_level(), LevelFilter::Off);
+    }
+
+    #[test]
+    fn filter_grammar_is_the_one_config_checks() {
+        for ok in ["info", "WARN", "off", "warn,nats_k8s_callout::kube=trace"] {
+            assert!(Filter::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["loud", "info,", "=debug", "a b=info"] {
+            assert!(Filter::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
