@@ -259,7 +259,7 @@ impl KubeClient {
         &self,
         agent: &ureq::Agent,
         path_and_query: &str,
-    ) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>, ApiError> {
+    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
         let mut req = agent
             .get(format!("{}{}", self.base_url, path_and_query))
             .header("Accept", "application/json");
@@ -269,7 +269,7 @@ impl KubeClient {
                 req = req.header("Authorization", format!("Bearer {}", tok.expose()));
             }
         }
-        Ok(req)
+        req
     }
 
     fn check(
@@ -305,8 +305,8 @@ impl KubeClient {
     ) -> Result<T, ApiError> {
         let started = std::time::Instant::now();
         let send = || {
-            let req = self.request(&self.short, path_and_query)?;
-            Ok::<_, ApiError>(match deadline {
+            let req = self.request(&self.short, path_and_query);
+            match deadline {
                 Some(d) => req
                     .config()
                     .timeout_global(Some(
@@ -317,13 +317,13 @@ impl KubeClient {
                     .build()
                     .call(),
                 None => req.call(),
-            })
+            }
         };
-        let mut resp = send()?;
+        let mut resp = send();
         // A pooled keep-alive connection the server has closed fails before any response:
         // GET is idempotent, so try once more on a fresh connection.
         if matches!(&resp, Err(ureq::Error::Io(e)) if stale_connection(e)) {
-            resp = send()?;
+            resp = send();
         }
         let mut resp = self.check(resp, path_and_query)?;
         let reader = resp.body_mut().with_config().limit(MAX_LIST_BODY).reader();
@@ -347,7 +347,7 @@ impl KubeClient {
         // A watch connection is never reused: the server may close it right after the stream
         // ends, and a pooled dead connection would cost a spurious error and a backoff.
         let req = self
-            .request(&self.watch, path_and_query)?
+            .request(&self.watch, path_and_query)
             .header("Connection", "close");
         let resp = req
             .config()
