@@ -1,6 +1,6 @@
-//! The token payload as serde structs (no JSON trees on the hot path) and the identity checks:
-//! `sub` agrees with `kubernetes.io`, namespace is a DNS-1123 label, ServiceAccount name a
-//! DNS-1123 subdomain. Unknown claims are ignored. Never logs claim values.
+//! The token payload as serde structs (no JSON trees on the hot path) and the check that `sub`
+//! agrees with `kubernetes.io` (the name rules are `policy::is_dns_label`/`is_dns_subdomain`).
+//! Unknown claims are ignored. Never logs claim values.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
