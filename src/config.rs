@@ -29,7 +29,6 @@ pub struct VarSpec {
     pub help: &'static str,
 }
 
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
@@ -497,23 +496,6 @@ fn valid_url(s: &str, schemes: &[&str]) -> bool {
     })
 }
 
-fn valid_log_filter(s: &str) -> bool {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
-    s.split(',')
-        .map(str::trim)
-        .all(|part| match part.split_once('=') {
-            Some((module, l)) => {
-                !module.is_empty()
-                    && module
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                    && level(l)
-            }
-            None => level(part),
-        })
-}
-
 impl Config {
     /// Reads and validates everything; on failure returns every problem found.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -714,11 +696,7 @@ impl Config {
                 if port.parse::<u16>().is_err() {
                     r.problem("KUBERNETES_SERVICE_PORT", format!("{port:?} is not a port"));
                 }
-                if host.contains(':') {
-                    format!("https://[{host}]:{port}")
-                } else {
-                    format!("https://{host}:{port}")
-                }
+                crate::kube::api::in_cluster_url(&host, &port)
             }
             (None, None) => {
                 r.problem(
@@ -744,7 +722,6 @@ impl Config {
             }
             None => None,
         };
-        debug_assert!(IN_CLUSTER_CA.starts_with(SA_DIR));
         let namespace = r.get("K8S_NAMESPACE");
         if let Some(ns) = &namespace {
             if !policy::is_dns_label(ns) {
@@ -880,7 +857,7 @@ impl Config {
             })
         };
         let log_level = r.get_or_default("LOG_LEVEL");
-        if !valid_log_filter(&log_level) {
+        if crate::logging::Filter::parse(&log_level).is_err() {
             r.problem(
                 "LOG_LEVEL",
                 format!("{log_level:?} is not a level (off, error, warn, info, debug, trace) or module=level list"),
@@ -1480,16 +1457,6 @@ mod tests {
             ("99999999999999h", None),
         ] {
             assert_eq!(parse_duration(text), want, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn log_filters() {
-        for ok in ["info", "WARN", "off", "warn,nats_k8s_callout::kube=trace"] {
-            assert!(valid_log_filter(ok), "{ok}");
-        }
-        for bad in ["loud", "info,", "=debug", "a b=info"] {
-            assert!(!valid_log_filter(bad), "{bad}");
         }
     }
 

@@ -77,10 +77,12 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// `level` or `target=level` directives, comma-separated (no empty ones); a target is a
+    /// module path (`[A-Za-z0-9_:]`), a level one of `off`..`trace` in any case.
     pub fn parse(spec: &str) -> Result<Filter, LogError> {
         let mut default = LevelFilter::Info;
         let mut directives = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in spec.split(',').map(str::trim) {
             match part.split_once('=') {
                 Some((target, level)) => {
                     let target = target.trim();
@@ -88,7 +90,8 @@ impl Filter {
                         .trim()
                         .parse::<LevelFilter>()
                         .map_err(|_| LogError::BadLevel(part.to_string()))?;
-                    if target.is_empty() {
+                    let module_path = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+                    if target.is_empty() || !target.chars().all(module_path) {
                         return Err(LogError::BadLevel(part.to_string()));
                     }
                     directives.push((target.to_string(), level));
@@ -261,7 +264,7 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut line = self.format_record(record, now_millis());
+        let mut line = self.format_record(record, crate::clock::unix_now_ms());
         line.push('\n');
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let _ = sink.write_all(line.as_bytes());
@@ -293,13 +296,6 @@ pub fn init_with_sink(
     Ok(())
 }
 
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `unix_millis` as RFC 3339 UTC with milliseconds: `2026-12-03T17:57:28.123Z`.
 pub fn rfc3339_millis(unix_millis: u64) -> String {
     let secs = unix_millis / 1000;
@@ -316,7 +312,7 @@ pub fn rfc3339_millis(unix_millis: u64) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -629,6 +625,16 @@ mod tests {
         assert!(Filter::parse("x=loud").is_err());
         assert!(Filter::parse("=info").is_err());
         assert_eq!(Filter::parse("off").unwrap().max_level(), LevelFilter::Off);
+    }
+
+    #[test]
+    fn filter_grammar_is_the_one_config_checks() {
+        for ok in ["info", "WARN", "off", "warn,nats_k8s_callout::kube=trace"] {
+            assert!(Filter::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["loud", "info,", "=debug", "a b=info"] {
+            assert!(Filter::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

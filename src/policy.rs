@@ -484,6 +484,34 @@ fn grant(
 mod tests {
     use super::*;
 
+    #[test]
+    fn dns_names() {
+        for ok in ["a", "shop", "a-b", "0", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a.b",
+            "a_b",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(is_dns_subdomain("orders-api"));
+        assert!(is_dns_subdomain("a.b-c.d"));
+        for bad in ["", ".a", "a.", "a..b", "A.b", "a:b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+        let long = vec!["a".repeat(63); 4].join(".");
+        assert_eq!(long.len(), 255);
+        assert!(!is_dns_subdomain(&long));
+    }
+
     fn eval(pub_a: Option<&str>, sub_a: Option<&str>) -> PolicyOutcome {
         evaluate(&PolicySettings::default(), "shop", "api", pub_a, sub_a).unwrap()
     }

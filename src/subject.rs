@@ -1,7 +1,7 @@
 //! NATS subject patterns: validation, intersection and coverage.
 //!
 //! Owns the rules for what we accept as a subject pattern in a permission, and the set logic
-//! the guard rails rely on. Pure: no I/O, no logging, no allocation beyond splitting.
+//! the guard rails rely on. Pure: no I/O, no logging, no allocation.
 //! Must never accept a pattern that the NATS server would read differently from us.
 //!
 //! Accepted patterns (stricter than the server on purpose):
@@ -93,39 +93,36 @@ pub fn is_literal(s: &str) -> bool {
     validate(s).is_ok() && s.split('.').all(|t| t != "*" && t != ">")
 }
 
-fn tokens(s: &str) -> Vec<&str> {
-    s.split('.').collect()
-}
-
 /// Is there a concrete subject that both patterns match? Both must be valid patterns
 /// (unchecked here; validate first). Examples: `*.>` ∩ `$SYS.x` = true, `a.*` ∩ `a.b.c` =
 /// false, `a.>` ∩ `a` = false (`>` needs at least one token).
 pub fn intersects(a: &str, b: &str) -> bool {
-    fn go(a: &[&str], b: &[&str]) -> bool {
-        match (a.first(), b.first()) {
-            (None, None) => true,
-            (None, Some(_)) | (Some(_), None) => false,
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
             // `>` matches one or more tokens; any non-empty remainder has an instance.
-            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => true,
-            (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && go(&a[1..], &b[1..]),
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            _ => return false,
         }
     }
-    go(&tokens(a), &tokens(b))
 }
 
 /// Does `a` match every subject that `b` matches (b ⊆ a)? Both must be valid patterns.
 pub fn covers(a: &str, b: &str) -> bool {
-    fn go(a: &[&str], b: &[&str]) -> bool {
-        match (a.first(), b.first()) {
-            (None, None) => true,
-            (None, Some(_)) | (Some(_), None) => false,
-            (Some(&">"), Some(_)) => true,
-            (Some(_), Some(&">")) => false,
-            (Some(&"*"), Some(_)) => go(&a[1..], &b[1..]),
-            (Some(x), Some(y)) => x == y && go(&a[1..], &b[1..]),
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(">"), Some(_)) => return true,
+            (Some(_), Some(">")) => return false,
+            (Some(x), Some(y)) if x == "*" || x == y => {}
+            _ => return false,
         }
     }
-    go(&tokens(a), &tokens(b))
 }
 
 /// Does pattern `p` match the concrete subject `s`?

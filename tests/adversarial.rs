@@ -4,7 +4,6 @@
 //! Vectors are found at `$NATS_K8S_VECTORS_DIR`, else `<CARGO_MANIFEST_DIR>/../shared/vectors`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
@@ -30,6 +29,7 @@ use nats_k8s_callout::policy::private_inbox_prefix;
 use nats_k8s_callout::policy::{evaluate, PolicySettings, Verdict};
 use nats_k8s_callout::secret::Secret;
 use nats_k8s_callout::subject;
+use nats_k8s_callout::testkit::vectors::{self, read};
 use nats_k8s_callout::token::validate::validate;
 use nats_k8s_callout::token::{KeySet, TokenConfig, TokenError, ValidatedToken, Validator};
 use nkeys::{KeyPair, XKey};
@@ -160,23 +160,6 @@ const EC_X: &str = "H6cuzP8XuD5wal6wf9M6xDljTOPLX2i8uIp_C_ASqiI";
 const EC_Y: &str = "BlHnikLV9PyEd6gl8k4T_3Wwoh6xd79XLoQTh2PAi1Y";
 const SA_UID: &str = "6c0a5d1e-3f2b-4c8e-9a7d-1b2c3d4e5f60";
 const NOW: u64 = 1_800_000_000;
-
-fn vectors() -> PathBuf {
-    let dir = std::env::var_os("NATS_K8S_VECTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"));
-    assert!(
-        dir.join("README.md").is_file(),
-        "test vectors not found at {} (set NATS_K8S_VECTORS_DIR or place shared/ beside the repo)",
-        dir.display()
-    );
-    dir
-}
-
-fn read(rel: &str) -> String {
-    let p = vectors().join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 fn rsa_key() -> &'static RsaKeyPair {
     static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
@@ -609,7 +592,7 @@ fn decider(records: Vec<(&str, &str, SaRecord)>, now: u64) -> K8sDecider {
     let store = KeyStore::new(
         vec![IssuerSource {
             issuer: K8S_ISS.into(),
-            source: KeySource::File(vectors().join("k8s-testkeys/jwks.json")),
+            source: KeySource::File(vectors::dir().join("k8s-testkeys/jwks.json")),
         }],
         StoreConfig::default(),
     )
@@ -1070,7 +1053,7 @@ fn an_unsynced_cache_refuses_unless_the_api_answers() {
     let store = KeyStore::new(
         vec![IssuerSource {
             issuer: K8S_ISS.into(),
-            source: KeySource::File(vectors().join("k8s-testkeys/jwks.json")),
+            source: KeySource::File(vectors::dir().join("k8s-testkeys/jwks.json")),
         }],
         StoreConfig::default(),
     )

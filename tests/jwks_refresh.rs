@@ -410,6 +410,47 @@ fn outages_and_bad_answers_keep_the_last_good_keys() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+/// Each kind of bad answer is reported with its own reason code (the `reason` of the refresh
+/// log line and metric), from a JWKS URL and from a file alike.
+#[test]
+fn bad_answers_are_reported_with_their_own_reason() {
+    let fake = Fake::start(&read("k8s-testkeys/jwks.json"));
+    let store = url_store(&fake, fast());
+    let huge = format!(r#"{{"keys":[],"pad":"{}"}}"#, "x".repeat(1024 * 1024));
+    let unusable = read("k8s-testkeys/jwks-only-other.json").replace("RSA", "XYZ");
+    for (status, body, code) in [
+        (500, read("k8s-testkeys/jwks.json"), "http_status"),
+        (200, "not json".to_string(), "parse"),
+        (200, unusable, "no_usable_keys"),
+        (200, huge.clone(), "too_large"),
+    ] {
+        fake.set(|s| {
+            s.status = status;
+            s.jwks = body;
+        });
+        let err = store.refresh(K8S_ISS).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+    assert!(!store.ready());
+
+    let dir = std::env::temp_dir().join(format!("jwks-large-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, &huge).unwrap();
+    let file = KeyStore::new(
+        vec![IssuerSource {
+            issuer: K8S_ISS.into(),
+            source: KeySource::File(path.clone()),
+        }],
+        fast(),
+    )
+    .unwrap();
+    assert_eq!(file.refresh(K8S_ISS).unwrap_err(), JwksError::TooLarge);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(file.refresh(K8S_ISS).unwrap_err().code(), "io");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn cache_control_max_age_sets_the_period_within_bounds() {
     let short = Fake::start(&read("k8s-testkeys/jwks.json"));

@@ -41,33 +41,6 @@ pub enum KeySource {
     File(PathBuf),
 }
 
-/// Where a pod finds its own ServiceAccount credentials.
-pub const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-impl KeySource {
-    /// The in-cluster default: the API server's `/openid/v1/jwks` at
-    /// `KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT`, trusting the cluster CA and sending
-    /// the pod's own token (re-read every minute). `None` outside a cluster.
-    pub fn in_cluster() -> Option<KeySource> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let dir = PathBuf::from(IN_CLUSTER_DIR);
-        Some(KeySource::Jwks {
-            url: format!("https://{host}:{port}/openid/v1/jwks"),
-            http: default_http(Some(dir.join("ca.crt"))),
-            bearer: Some(Arc::new(TokenFile::new(
-                dir.join("token"),
-                Duration::from_secs(60),
-            ))),
-        })
-    }
-}
-
 /// HTTP settings for key fetches: connect 5 s, whole request 10 s.
 pub fn default_http(ca_file: Option<PathBuf>) -> HttpSettings {
     HttpSettings {

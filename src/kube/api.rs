@@ -14,9 +14,6 @@ use serde::Deserialize;
 
 use crate::httpclient::{agent, HttpSettings, TokenFile};
 
-/// Where the in-cluster credentials live.
-pub const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
 /// Largest list page body we accept (500 ServiceAccounts are well under 1 MiB).
 const MAX_LIST_BODY: u64 = 64 * 1024 * 1024;
 /// Largest single-object or Status body.
@@ -180,22 +177,6 @@ impl ApiConfig {
             token_max_age: Duration::from_secs(60),
         }
     }
-
-    /// The in-cluster configuration from `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted
-    /// ServiceAccount files. `None` when not running in a cluster.
-    pub fn in_cluster() -> Option<Self> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").ok()?;
-        if host.is_empty() || port.is_empty() {
-            return None;
-        }
-        let dir = PathBuf::from(IN_CLUSTER_DIR);
-        Some(Self::new(
-            &in_cluster_url(&host, &port),
-            Some(dir.join("token")),
-            Some(dir.join("ca.crt")),
-        ))
-    }
 }
 
 /// `https://host:port`, with brackets around an IPv6 host.
@@ -278,7 +259,7 @@ impl KubeClient {
         &self,
         agent: &ureq::Agent,
         path_and_query: &str,
-    ) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>, ApiError> {
+    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
         let mut req = agent
             .get(format!("{}{}", self.base_url, path_and_query))
             .header("Accept", "application/json");
@@ -288,7 +269,7 @@ impl KubeClient {
                 req = req.header("Authorization", format!("Bearer {}", tok.expose()));
             }
         }
-        Ok(req)
+        req
     }
 
     fn check(
@@ -324,8 +305,8 @@ impl KubeClient {
     ) -> Result<T, ApiError> {
         let started = std::time::Instant::now();
         let send = || {
-            let req = self.request(&self.short, path_and_query)?;
-            Ok::<_, ApiError>(match deadline {
+            let req = self.request(&self.short, path_and_query);
+            match deadline {
                 Some(d) => req
                     .config()
                     .timeout_global(Some(
@@ -336,13 +317,13 @@ impl KubeClient {
                     .build()
                     .call(),
                 None => req.call(),
-            })
+            }
         };
-        let mut resp = send()?;
+        let mut resp = send();
         // A pooled keep-alive connection the server has closed fails before any response:
         // GET is idempotent, so try once more on a fresh connection.
         if matches!(&resp, Err(ureq::Error::Io(e)) if stale_connection(e)) {
-            resp = send()?;
+            resp = send();
         }
         let mut resp = self.check(resp, path_and_query)?;
         let reader = resp.body_mut().with_config().limit(MAX_LIST_BODY).reader();
@@ -366,7 +347,7 @@ impl KubeClient {
         // A watch connection is never reused: the server may close it right after the stream
         // ends, and a pooled dead connection would cost a spurious error and a backoff.
         let req = self
-            .request(&self.watch, path_and_query)?
+            .request(&self.watch, path_and_query)
             .header("Connection", "close");
         let resp = req
             .config()

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::api::{encode_query_value, ErrorKind, KubeClient};
 use crate::metrics::{global, Counter, Gauge};
+use crate::policy::{is_dns_label, is_dns_subdomain};
 
 /// What the decision needs to know about one ServiceAccount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -755,7 +756,8 @@ impl Shared {
         let Some(client) = self.client.as_ref().filter(|_| self.cfg.lazy_get) else {
             return fallback;
         };
-        if !valid_name(namespace) || !valid_name(name) {
+        // Never put anything but a valid name into a URL path.
+        if !is_dns_label(namespace) || !is_dns_subdomain(name) {
             return Lookup::NotFound;
         }
         // Single flight: the first caller fetches, the others wait for its answer.
@@ -873,18 +875,6 @@ fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// A DNS-1123 subdomain-ish name (what namespaces and ServiceAccount names may be): we refuse
-/// to put anything else into a URL path.
-fn valid_name(s: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes().next().is_some_and(alnum)
-        && s.bytes().last().is_some_and(alnum)
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -1046,15 +1036,5 @@ mod tests {
         assert!(Arc::ptr_eq(&s.unchanged("ns/a", &rec("5")).unwrap(), &old));
         assert!(s.unchanged("ns/a", &rec("6")).is_none());
         assert!(s.unchanged("ns/b", &rec("5")).is_none());
-    }
-
-    #[test]
-    fn names_that_cannot_be_kubernetes_names_are_refused() {
-        assert!(valid_name("shop-1.x"));
-        assert!(!valid_name("../x"));
-        assert!(!valid_name("a/b"));
-        assert!(!valid_name("A"));
-        assert!(!valid_name(".."));
-        assert!(!valid_name(""));
     }
 }

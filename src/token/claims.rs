@@ -1,6 +1,6 @@
-//! The token payload as serde structs (no JSON trees on the hot path) and the identity checks:
-//! `sub` agrees with `kubernetes.io`, namespace is a DNS-1123 label, ServiceAccount name a
-//! DNS-1123 subdomain. Unknown claims are ignored. Never logs claim values.
+//! The token payload as serde structs (no JSON trees on the hot path) and the check that `sub`
+//! agrees with `kubernetes.io` (the name rules are `policy::is_dns_label`/`is_dns_subdomain`).
+//! Unknown claims are ignored. Never logs claim values.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -119,22 +119,6 @@ impl<'de> Deserialize<'de> for NumericDate {
     }
 }
 
-/// A DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
 /// `sub == "system:serviceaccount:<ns>:<name>"`, without allocating.
 pub fn sub_matches(sub: &str, ns: &str, name: &str) -> bool {
     sub.strip_prefix("system:serviceaccount:")
@@ -146,34 +130,6 @@ pub fn sub_matches(sub: &str, ns: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dns_names() {
-        for ok in ["a", "shop", "a-b", "0", &"a".repeat(63)] {
-            assert!(is_dns1123_label(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "A",
-            "a.b",
-            "a_b",
-            "a b",
-            &"a".repeat(64),
-            "é",
-        ] {
-            assert!(!is_dns1123_label(bad), "{bad}");
-        }
-        assert!(is_dns1123_subdomain("orders-api"));
-        assert!(is_dns1123_subdomain("a.b-c.d"));
-        for bad in ["", ".a", "a.", "a..b", "A.b", "a:b", &"a".repeat(254)] {
-            assert!(!is_dns1123_subdomain(bad), "{bad}");
-        }
-        let long = vec!["a".repeat(63); 4].join(".");
-        assert_eq!(long.len(), 255);
-        assert!(!is_dns1123_subdomain(&long));
-    }
 
     #[test]
     fn subject_matching_is_exact() {

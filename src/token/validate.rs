@@ -9,6 +9,7 @@ use super::claims::{self, Claims, LEGACY_ISSUER};
 use super::jws::{self, Jws};
 use super::keys::{Alg, KeySet, Selection};
 use super::{BoundObject, TokenConfig, TokenError, ValidatedToken};
+use crate::policy::{is_dns_label, is_dns_subdomain};
 
 /// Where the validator finds an issuer's current keys.
 pub trait KeyLookup {
@@ -170,7 +171,7 @@ fn legacy(
     let uid = c.legacy_sa_uid.unwrap_or_default();
     let secret = c.legacy_secret_name.ok_or(TokenError::Claims)?;
     check_identity(&ns, &name, &uid, c.sub.as_deref())?;
-    if !claims::is_dns1123_subdomain(&secret) {
+    if !is_dns_subdomain(&secret) {
         return Err(TokenError::Claims);
     }
     Ok(ValidatedToken {
@@ -212,7 +213,7 @@ fn check_times(
 }
 
 fn check_identity(ns: &str, name: &str, uid: &str, sub: Option<&str>) -> Result<(), TokenError> {
-    if !claims::is_dns1123_label(ns) || !claims::is_dns1123_subdomain(name) || uid.is_empty() {
+    if !is_dns_label(ns) || !is_dns_subdomain(name) || uid.is_empty() {
         return Err(TokenError::Claims);
     }
     match sub {
