@@ -236,16 +236,26 @@ fn connect_loop(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
-    if side.stop.load(Ordering::SeqCst) {
-        return;
-    }
-    match Callout::start(&conn, cfg, decider) {
-        Ok(handle) => {
-            log::info!("serving auth callout requests");
-            *guard = Some(handle);
+    // Subscribing fails only while the link is down (the client reconnects by itself): retry.
+    backoff.reset();
+    loop {
+        {
+            let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
+            if side.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match Callout::start(&conn, cfg.clone(), decider.clone()) {
+                Ok(handle) => {
+                    log::info!("serving auth callout requests");
+                    *guard = Some(handle);
+                    return;
+                }
+                Err(e) => {
+                    log::error!(reason = "callout_start"; "cannot start the auth callout yet: {e}")
+                }
+            }
         }
-        Err(e) => log::error!(reason = "callout_start"; "cannot start the auth callout: {e}"),
+        sleep_unless(&side.stop, backoff.next_delay());
     }
 }
 
