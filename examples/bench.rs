@@ -1454,7 +1454,6 @@ fn main() {
         mem = memory(&p, &setup);
     }
 
-
     let mut mj = Vec::new();
     if !mem.is_empty() {
         println!("\nD: memory of the service (RSS after ready + 1 s) and time to ready");
