@@ -135,11 +135,6 @@ impl Signers {
         self.response_signer.public()
     }
 
-    /// The placement.
-    pub fn placement(&self) -> &Placement {
-        &self.placement
-    }
-
     /// The user JWT for an admitted client.
     pub fn user_jwt(
         &self,
