@@ -306,6 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn zero_workers_or_zero_queue_is_refused() {
+        let issuer = KeyPair::new_account();
+        let decider: Arc<dyn Decider> = Arc::new(|_: &AuthRequest| Decision::deny("x"));
+        for (workers, queue) in [(0, 16), (2, 0)] {
+            let mut cfg = CalloutConfig::new(
+                Placement::Config {
+                    account: "APP".into(),
+                },
+                Secret::new(issuer.seed().unwrap()),
+            );
+            cfg.metrics = Box::leak(Box::new(Registry::new()));
+            cfg.workers = workers;
+            cfg.queue_capacity = queue;
+            let err = processor(&cfg, decider.clone()).err().expect("refused");
+            assert_eq!(err.code(), "callout_sizing");
+        }
+    }
+
+    #[test]
     fn slow_decision_does_not_stall_others_and_drain_finishes_queue() {
         let issuer = KeyPair::new_account();
         let server = KeyPair::new_server();
