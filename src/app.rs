@@ -378,9 +378,10 @@ fn discover_issuer(client: &KubeClient) -> Result<String, String> {
     struct Discovery {
         issuer: String,
     }
+    const ATTEMPTS: usize = 5;
     let mut backoff = Backoff::kube();
     let mut last = String::new();
-    for _ in 0..5 {
+    for attempt in 1..=ATTEMPTS {
         match client.get_json::<Discovery>(
             "/.well-known/openid-configuration",
             Some(Duration::from_secs(10)),
@@ -389,7 +390,10 @@ fn discover_issuer(client: &KubeClient) -> Result<String, String> {
             Ok(_) => last = "empty issuer".to_string(),
             Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(backoff.next_delay());
+        // No wait after the last attempt: nothing follows it but the error.
+        if attempt < ATTEMPTS {
+            std::thread::sleep(backoff.next_delay());
+        }
     }
     Err(format!(
         "JWT_ISSUER: not set, and the API server's /.well-known/openid-configuration did not name one ({last})"
