@@ -440,10 +440,7 @@ impl Connection {
         capacity: usize,
     ) -> Result<Subscription, Error> {
         let inner = self.inner();
-        if inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        if inner.draining.load(Ordering::SeqCst) {
+        if inner.closed.load(Ordering::SeqCst) || inner.draining.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
         let sid = inner.next_sid.fetch_add(1, Ordering::Relaxed);
@@ -502,12 +499,7 @@ impl Connection {
         payload: &[u8],
     ) -> Result<(), Error> {
         let inner = self.inner();
-        let max = lock(&inner.info)
-            .as_ref()
-            .map(|i| i.max_payload as usize)
-            .filter(|n| *n > 0)
-            .unwrap_or(proto::HARD_MAX_PAYLOAD)
-            .min(proto::HARD_MAX_PAYLOAD);
+        let max = limits(&inner.opts, lock(&inner.info).as_ref()).max_payload;
         let mut out = Vec::with_capacity(payload.len() + 64);
         let size = proto::encode_pub(&mut out, subject, reply, headers, payload)?;
         if size > max {
