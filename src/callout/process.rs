@@ -169,7 +169,7 @@ impl Processor {
                 Decision::deny("decider_panic")
             });
         let now = self.clock.now();
-        let signed = match &decision {
+        let signed = match decision {
             Decision::Allow(grant) => {
                 self.metrics.decision("allow", "granted");
                 log::log!(
