@@ -40,6 +40,28 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A fake server for one connection: sends INFO, reads the client's CONNECT up to its PING,
+/// answers `reply`, then holds the socket open for `hold`. Returns its URL and thread.
+fn fake_server(reply: &'static [u8], hold: Duration) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let holder = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&b[..n]);
+        }
+        s.write_all(reply).unwrap();
+        std::thread::sleep(hold);
+    });
+    (url, holder)
+}
+
 /// A subscription on `conn` receives what `conn` publishes.
 fn assert_round_trip(conn: &Connection, subject: &str) {
     let sub = conn.subscribe(subject, None, 16).unwrap();
@@ -405,23 +427,7 @@ fn connect_timeout_when_server_stalls_after_info() {
 #[test]
 fn dead_link_detected_by_unanswered_pings() {
     // A fake server that completes the handshake, then goes silent (socket stays open).
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("nats://{}", listener.local_addr().unwrap());
-    let holder = std::thread::spawn(move || {
-        use std::io::Write;
-        let (mut s, _) = listener.accept().unwrap();
-        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 1024];
-        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&b[..n]);
-        }
-        s.write_all(b"PONG\r\n").unwrap();
-        std::thread::sleep(Duration::from_secs(4));
-        drop(s);
-    });
+    let (url, holder) = fake_server(b"PONG\r\n", Duration::from_secs(4));
     let mut o = opts(&[url]);
     o.ping_interval = Duration::from_millis(100);
     o.max_pings_out = 2;
@@ -790,22 +796,7 @@ fn learns_cluster_peers_from_info_and_fails_over_to_them() {
 
 #[test]
 fn garbage_from_the_server_drops_the_link_without_panicking() {
-    use std::io::Write;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("nats://{}", listener.local_addr().unwrap());
-    let holder = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 1024];
-        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&b[..n]);
-        }
-        s.write_all(b"PONG\r\nMSG a 1 99999999999\r\n").unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    });
+    let (url, holder) = fake_server(b"PONG\r\nMSG a 1 99999999999\r\n", Duration::from_secs(2));
     let c = Connection::connect(opts(&[url])).unwrap();
     wait_until("link dropped", || !c.is_connected());
     c.close();
