@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::authz::Decider;
 use crate::backoff::Backoff;
-use crate::callout::{Callout, CalloutConfig, CalloutHandle, Placement};
+use crate::callout::{Callout, CalloutConfig, CalloutError, CalloutHandle, Placement};
 use crate::clock::SystemClock;
 use crate::config::{AccountMode, AdmissionLogLevel, Config, JwksSource, NatsAuth};
 use crate::decision::{DecisionSettings, K8sDecider};
@@ -226,16 +226,34 @@ fn connect_loop(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
-    if side.stop.load(Ordering::SeqCst) {
-        return;
-    }
-    match Callout::start(&conn, cfg, decider) {
-        Ok(handle) => {
-            log::info!("serving auth callout requests");
-            *guard = Some(handle);
+    // Subscribing needs a live link: if NATS went away meanwhile, retry until it is back.
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    loop {
+        let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
+        if side.stop.load(Ordering::SeqCst) {
+            return;
         }
-        Err(e) => log::error!(reason = "callout_start"; "cannot start the auth callout: {e}"),
+        match Callout::start(&conn, cfg.clone(), decider.clone()) {
+            Ok(handle) => {
+                log::info!("serving auth callout requests");
+                *guard = Some(handle);
+                return;
+            }
+            Err(CalloutError::Subscribe(code)) => {
+                drop(guard);
+                let d = backoff.next_delay();
+                log::warn!(reason = code, retry_ms = d.as_millis() as u64; "cannot subscribe to callout requests yet");
+                sleep_unless(&side.stop, d);
+            }
+            Err(e) => {
+                log::error!(reason = "callout_start"; "cannot start the auth callout: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -490,4 +508,69 @@ pub fn nats_options(cfg: &Config) -> nats::Options {
     }
     o.tls.required = cfg.nats_tls.ca_file.is_some() || cfg.nats_tls.client_cert.is_some();
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{AuthRequest, Decision};
+    use crate::testkit::nats_server::NatsServer;
+
+    fn wait(what: &str, f: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < end, "not within 10 s: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// NATS goes away while the replica waits for its keys and cache; once it can decide and
+    /// NATS is back, the callout must still start (not give up after one failed subscribe).
+    #[test]
+    fn the_callout_starts_after_nats_dropped_while_waiting_to_decide() {
+        let mut server = NatsServer::start("");
+        let side = Arc::new(NatsSide {
+            conn: Mutex::new(None),
+            callout: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let mut cfg = CalloutConfig::new(
+            Placement::Config {
+                account: "APP".into(),
+            },
+            crate::secret::Secret::new(nkeys::KeyPair::new_account().seed().unwrap()),
+        );
+        cfg.metrics = Box::leak(Box::new(crate::metrics::Registry::new()));
+        let mut opts = nats::Options::new(vec![server.url()]);
+        opts.reconnect_initial = Duration::from_millis(50);
+        opts.reconnect_max = Duration::from_millis(200);
+        let decider: Arc<dyn Decider> = Arc::new(|_: &AuthRequest| Decision::deny("test"));
+        let ready = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (side, ready) = (side.clone(), ready.clone());
+            move || {
+                connect_loop(side, opts, cfg, decider, move || {
+                    ready.load(Ordering::SeqCst)
+                })
+            }
+        });
+        let connected = || {
+            side.conn
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|c| c.is_connected())
+        };
+        wait("connected to NATS", connected);
+        server.stop();
+        wait("the link noticed NATS is gone", || !connected());
+        ready.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        server.restart();
+        wait("the callout subscribed", || {
+            side.callout.lock().unwrap().is_some()
+        });
+        assert!(side.shutdown(Duration::from_secs(2)));
+        thread.join().unwrap();
+    }
 }
