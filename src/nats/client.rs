@@ -171,15 +171,7 @@ impl Subscription {
     /// still delivering what it sent before, then close the channel (readable until empty).
     /// The subscription is closed in every case.
     pub fn drain(&self, timeout: Duration) -> Result<(), Error> {
-        let inner = self.conn.inner();
-        let mut out = Vec::new();
-        proto::encode_unsub(&mut out, self.sid);
-        let result = inner.write(&out).and_then(|_| inner.flush(timeout));
-        lock(&inner.subs).remove(&self.sid);
-        match result {
-            Err(Error::Server(_)) => Ok(()),
-            other => other,
-        }
+        self.conn.inner().drain_sids(&[self.sid], timeout)
     }
 }
 
@@ -543,22 +535,7 @@ impl Connection {
         let inner = self.inner();
         inner.draining.store(true, Ordering::SeqCst);
         let sids: Vec<u64> = lock(&inner.subs).keys().copied().collect();
-        let mut out = Vec::new();
-        for sid in &sids {
-            proto::encode_unsub(&mut out, *sid);
-        }
-        let sent = if out.is_empty() {
-            Ok(())
-        } else {
-            inner.write(&out)
-        };
-        let flushed = sent.and_then(|_| inner.flush(timeout));
-        // No new message can arrive for these sids once the PONG came back.
-        lock(&inner.subs).retain(|_, _| false);
-        match flushed {
-            Err(Error::Server(_)) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        inner.drain_sids(&sids, timeout)
     }
 
     /// Graceful shutdown: [`Connection::drain_subscriptions`], wait until every subscription
@@ -689,6 +666,31 @@ impl Inner {
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::NotConnected),
+        }
+    }
+
+    /// UNSUB `sids`, wait (up to `timeout`) for the PONG that confirms it, then close their
+    /// channels (readable until empty). A server `-ERR` meanwhile is not a drain failure.
+    fn drain_sids(&self, sids: &[u64], timeout: Duration) -> Result<(), Error> {
+        let mut out = Vec::new();
+        for sid in sids {
+            proto::encode_unsub(&mut out, *sid);
+        }
+        let sent = if out.is_empty() {
+            Ok(())
+        } else {
+            self.write(&out)
+        };
+        let flushed = sent.and_then(|_| self.flush(timeout));
+        // No new message can arrive for these sids once the PONG came back.
+        let mut subs = lock(&self.subs);
+        for sid in sids {
+            subs.remove(sid);
+        }
+        drop(subs);
+        match flushed {
+            Err(Error::Server(_)) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
