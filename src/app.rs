@@ -514,15 +514,8 @@ pub fn nats_options(cfg: &Config) -> nats::Options {
 mod tests {
     use super::*;
     use crate::authz::{AuthRequest, Decision};
+    use crate::testkit::eventually;
     use crate::testkit::nats_server::NatsServer;
-
-    fn wait(what: &str, f: impl Fn() -> bool) {
-        let end = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < end, "not within 10 s: {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 
     /// NATS goes away while the replica waits for its keys and cache; once it can decide and
     /// NATS is back, the callout must still start (not give up after one failed subscribe).
@@ -561,13 +554,17 @@ mod tests {
                 .as_ref()
                 .is_some_and(|c| c.is_connected())
         };
-        wait("connected to NATS", connected);
+        eventually("connected to NATS", Duration::from_secs(10), connected);
         server.stop();
-        wait("the link noticed NATS is gone", || !connected());
+        eventually(
+            "the link noticed NATS is gone",
+            Duration::from_secs(10),
+            || !connected(),
+        );
         ready.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
         server.restart();
-        wait("the callout subscribed", || {
+        eventually("the callout subscribed", Duration::from_secs(10), || {
             side.callout.lock().unwrap().is_some()
         });
         assert!(side.shutdown(Duration::from_secs(2)));

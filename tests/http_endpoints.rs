@@ -4,11 +4,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nats_k8s_callout::http::{serve, Health};
 use nats_k8s_callout::metrics;
+use nats_k8s_callout::testkit::eventually;
 use nats_k8s_callout::testkit::nats_server::NatsServer;
+
+/// How long a readiness or liveness flip may take.
+const WITHIN: Duration = Duration::from_secs(5);
 
 struct Reply {
     status: u16,
@@ -52,14 +56,6 @@ fn json(r: &Reply) -> serde_json::Value {
 }
 
 /// Polls until `f` holds (generous liveness deadline).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "not within 5 s: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn readyz_names_each_check_and_flips_with_them() {
     let health = Arc::new(Health::new());
@@ -124,11 +120,11 @@ fn readiness_follows_a_dependency_that_goes_away_and_returns() {
     let addr = srv.local_addr();
     assert_eq!(get(addr, "/readyz").status, 200);
     drop(listener);
-    eventually("readyz 503 after the dependency left", || {
+    eventually("readyz 503 after the dependency left", WITHIN, || {
         get(addr, "/readyz").status == 503
     });
     let _back = TcpListener::bind(dep).expect("rebind the same port");
-    eventually("readyz 200 after the dependency returned", || {
+    eventually("readyz 200 after the dependency returned", WITHIN, || {
         get(addr, "/readyz").status == 200
     });
 }
@@ -215,7 +211,7 @@ fn metrics_unknown_paths_and_methods() {
     assert_eq!(get(addr, "/metrics?x=1").status, 200);
     assert_eq!(request(addr, "POST", "/readyz").status, 405);
     srv.stop();
-    eventually("the listener closes after stop()", || {
+    eventually("the listener closes after stop()", WITHIN, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
     });
 }
@@ -331,15 +327,15 @@ fn readiness_follows_a_real_nats_server_going_away_and_returning() {
     assert_eq!(json(&r)["checks"]["nats"]["ok"], false);
 
     server.restart();
-    eventually("ready once nats-server is up", || {
+    eventually("ready once nats-server is up", WITHIN, || {
         get(addr, "/readyz").status == 200
     });
     server.stop();
-    eventually("not ready after nats-server went away", || {
+    eventually("not ready after nats-server went away", WITHIN, || {
         get(addr, "/readyz").status == 503
     });
     server.restart();
-    eventually("ready again after nats-server returned", || {
+    eventually("ready again after nats-server returned", WITHIN, || {
         get(addr, "/readyz").status == 200
     });
 }
