@@ -1263,7 +1263,7 @@ fn micro(p: &Params, setup: &Setup) -> Vec<Result<Micro, String>> {
             ) {
                 (Decision::Allow(grant), Ok(signers)) => out.push(part(
                     "part_sign_user_jwt_and_response",
-                    time_it(iters, || signers.allow(&claims, &grant, now).is_ok()),
+                    time_it(iters, || signers.allow(&claims, grant.clone(), now).is_ok()),
                 )),
                 _ => out.push(Err("part_sign_user_jwt_and_response: no grant".into())),
             }

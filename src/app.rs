@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::authz::Decider;
 use crate::backoff::Backoff;
-use crate::callout::{Callout, CalloutConfig, CalloutHandle, Placement};
+use crate::callout::{Callout, CalloutConfig, CalloutError, CalloutHandle, Placement};
 use crate::clock::SystemClock;
 use crate::config::{AccountMode, AdmissionLogLevel, Config, JwksSource, NatsAuth};
 use crate::decision::{DecisionSettings, K8sDecider};
@@ -236,26 +236,34 @@ fn connect_loop(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // Subscribing fails only while the link is down (the client reconnects by itself): retry.
-    backoff.reset();
+    // Subscribing needs a live link: if NATS went away meanwhile, retry until it is back.
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
     loop {
-        {
-            let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
-            if side.stop.load(Ordering::SeqCst) {
+        let mut guard = side.callout.lock().unwrap_or_else(|p| p.into_inner());
+        if side.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match Callout::start(&conn, cfg.clone(), decider.clone()) {
+            Ok(handle) => {
+                log::info!("serving auth callout requests");
+                *guard = Some(handle);
                 return;
             }
-            match Callout::start(&conn, cfg.clone(), decider.clone()) {
-                Ok(handle) => {
-                    log::info!("serving auth callout requests");
-                    *guard = Some(handle);
-                    return;
-                }
-                Err(e) => {
-                    log::error!(reason = "callout_start"; "cannot start the auth callout yet: {e}")
-                }
+            Err(CalloutError::Subscribe(code)) => {
+                drop(guard);
+                let d = backoff.next_delay();
+                log::warn!(reason = code, retry_ms = d.as_millis() as u64; "cannot subscribe to callout requests yet");
+                sleep_unless(&side.stop, d);
+            }
+            Err(e) => {
+                log::error!(reason = "callout_start"; "cannot start the auth callout: {e}");
+                return;
             }
         }
-        sleep_unless(&side.stop, backoff.next_delay());
     }
 }
 
@@ -398,9 +406,10 @@ fn discover_issuer(client: &KubeClient) -> Result<String, String> {
     struct Discovery {
         issuer: String,
     }
+    const ATTEMPTS: usize = 5;
     let mut backoff = Backoff::kube();
     let mut last = String::new();
-    for _ in 0..5 {
+    for attempt in 1..=ATTEMPTS {
         match client.get_json::<Discovery>(
             "/.well-known/openid-configuration",
             Some(Duration::from_secs(10)),
@@ -409,7 +418,10 @@ fn discover_issuer(client: &KubeClient) -> Result<String, String> {
             Ok(_) => last = "empty issuer".to_string(),
             Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(backoff.next_delay());
+        // No wait after the last attempt: nothing follows it but the error.
+        if attempt < ATTEMPTS {
+            std::thread::sleep(backoff.next_delay());
+        }
     }
     Err(format!(
         "JWT_ISSUER: not set, and the API server's /.well-known/openid-configuration did not name one ({last})"
@@ -475,15 +487,26 @@ fn operator_callout_account(cfg: &Config) -> Option<String> {
     else {
         return None;
     };
-    let text = std::fs::read_to_string(path).ok()?;
-    let (jwt, _seed) = nats::parse_creds(&text).ok()?;
-    let claims: crate::natsjwt::Claims<crate::natsjwt::User> =
-        crate::natsjwt::decode_at(jwt.expose(), crate::clock::unix_now()).ok()?;
-    Some(if claims.nats.issuer_account.is_empty() {
-        claims.iss
-    } else {
-        claims.nats.issuer_account
-    })
+    let read = || -> Result<String, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let (jwt, _seed) = nats::parse_creds(&text).map_err(|e| e.to_string())?;
+        let claims: crate::natsjwt::Claims<crate::natsjwt::User> =
+            crate::natsjwt::decode_at(jwt.expose(), crate::clock::unix_now())
+                .map_err(|e| e.code().to_string())?;
+        Ok(if claims.nats.issuer_account.is_empty() {
+            claims.iss
+        } else {
+            claims.nats.issuer_account
+        })
+    };
+    read()
+        .map_err(|e| {
+            log::warn!(
+                reason = "creds";
+                "cannot read the callout account from NATS_CREDS_FILE ({e}); expecting requests for the response signer's account"
+            )
+        })
+        .ok()
 }
 
 /// Our NATS client's settings.
@@ -506,4 +529,66 @@ pub fn nats_options(cfg: &Config) -> nats::Options {
     }
     o.tls.required = cfg.nats_tls.ca_file.is_some() || cfg.nats_tls.client_cert.is_some();
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{AuthRequest, Decision};
+    use crate::testkit::eventually;
+    use crate::testkit::nats_server::NatsServer;
+
+    /// NATS goes away while the replica waits for its keys and cache; once it can decide and
+    /// NATS is back, the callout must still start (not give up after one failed subscribe).
+    #[test]
+    fn the_callout_starts_after_nats_dropped_while_waiting_to_decide() {
+        let mut server = NatsServer::start("");
+        let side = Arc::new(NatsSide {
+            conn: Mutex::new(None),
+            callout: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let mut cfg = CalloutConfig::new(
+            Placement::Config {
+                account: "APP".into(),
+            },
+            crate::secret::Secret::new(nkeys::KeyPair::new_account().seed().unwrap()),
+        );
+        cfg.metrics = Box::leak(Box::new(crate::metrics::Registry::new()));
+        let mut opts = nats::Options::new(vec![server.url()]);
+        opts.reconnect_initial = Duration::from_millis(50);
+        opts.reconnect_max = Duration::from_millis(200);
+        let decider: Arc<dyn Decider> = Arc::new(|_: &AuthRequest| Decision::deny("test"));
+        let ready = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (side, ready) = (side.clone(), ready.clone());
+            move || {
+                connect_loop(side, opts, cfg, decider, move || {
+                    ready.load(Ordering::SeqCst)
+                })
+            }
+        });
+        let connected = || {
+            side.conn
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|c| c.is_connected())
+        };
+        eventually("connected to NATS", Duration::from_secs(10), connected);
+        server.stop();
+        eventually(
+            "the link noticed NATS is gone",
+            Duration::from_secs(10),
+            || !connected(),
+        );
+        ready.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        server.restart();
+        eventually("the callout subscribed", Duration::from_secs(10), || {
+            side.callout.lock().unwrap().is_some()
+        });
+        assert!(side.shutdown(Duration::from_secs(2)));
+        thread.join().unwrap();
+    }
 }

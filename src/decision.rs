@@ -75,6 +75,9 @@ pub struct K8sDecider {
     validator: Validator,
     accounts: SaCache,
     settings: DecisionSettings,
+    /// The full publish / subscribe annotation keys, built once (not per decision).
+    pub_key: String,
+    sub_key: String,
     clock: Arc<dyn Clock>,
 }
 
@@ -88,6 +91,8 @@ impl K8sDecider {
         K8sDecider {
             validator,
             accounts,
+            pub_key: settings.policy.pub_annotation_key(),
+            sub_key: settings.policy.sub_annotation_key(),
             settings,
             clock,
         }
@@ -170,13 +175,12 @@ impl K8sDecider {
         account: &Arc<SaRecord>,
         expires_at: Option<u64>,
     ) -> Evaluation {
-        let p = &self.settings.policy;
         let outcome = policy::evaluate(
-            p,
+            &self.settings.policy,
             namespace,
             service_account,
-            account.annotation(&p.pub_annotation_key()),
-            account.annotation(&p.sub_annotation_key()),
+            account.annotation(&self.pub_key),
+            account.annotation(&self.sub_key),
         );
         let identity = Identity {
             namespace: namespace.to_string(),
@@ -232,6 +236,80 @@ impl Decider for K8sDecider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::FixedClock;
+    use crate::jwks::{IssuerSource, KeySource, KeyStore, StoreConfig};
+    use crate::kube::{ResourceVersion, Uid};
+    use crate::token::TokenConfig;
+
+    /// A decider over `records`, reading annotations under `prefix` (no token needed for
+    /// [`K8sDecider::evaluate_account`]).
+    fn decider(prefix: &str, records: Vec<(&str, &str, SaRecord)>) -> K8sDecider {
+        const ISS: &str = "https://kubernetes.default.svc";
+        let store = KeyStore::new(
+            vec![IssuerSource {
+                issuer: ISS.into(),
+                source: KeySource::File(
+                    crate::testkit::vectors::dir().join("k8s-testkeys/jwks.json"),
+                ),
+            }],
+            StoreConfig::default(),
+        )
+        .unwrap();
+        let validator = Validator::new(
+            TokenConfig::new(vec![ISS.into()], vec!["nats".into()]),
+            store,
+        )
+        .unwrap();
+        let cache = SaCache::from_records(
+            records
+                .into_iter()
+                .map(|(ns, n, r)| (ns.to_string(), n.to_string(), r)),
+        );
+        let policy = PolicySettings {
+            annotation_prefix: prefix.to_string(),
+            ..PolicySettings::default()
+        };
+        K8sDecider::new(
+            validator,
+            cache,
+            DecisionSettings {
+                policy,
+                max_session: Duration::from_secs(3600),
+            },
+            Arc::new(FixedClock::new(1_800_000_000)),
+        )
+    }
+
+    fn annotated(pairs: &[(&str, &str)]) -> SaRecord {
+        SaRecord {
+            uid: Uid::new("u-1"),
+            annotations: pairs
+                .iter()
+                .map(|(k, v)| (Arc::from(*k), Box::from(*v)))
+                .collect(),
+            deleting: false,
+            resource_version: ResourceVersion::new("1"),
+        }
+    }
+
+    #[test]
+    fn annotations_are_read_under_the_configured_prefix_only() {
+        let rec = annotated(&[
+            ("nats.example.com/allowed-pub-subjects", "orders.>"),
+            ("nats.io/allowed-sub-subjects", "payments.>"),
+        ]);
+        let d = decider("nats.example.com/", vec![("shop", "api", rec)]);
+        let Decision::Allow(g) = d.evaluate_account("shop", "api").decision else {
+            panic!("not admitted")
+        };
+        assert!(g.permissions.publish.allow.iter().any(|s| s == "orders.>"));
+        assert!(!g
+            .permissions
+            .subscribe
+            .allow
+            .iter()
+            .any(|s| s == "payments.>"));
+    }
 
     #[test]
     fn session_ends_at_the_earlier_of_token_expiry_and_max_session() {

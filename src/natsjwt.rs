@@ -4,7 +4,7 @@
 //! `{"typ":"JWT","alg":"ed25519-nkey"}`, base64url without padding, the Ed25519 signature by
 //! the `iss` nkey (over `header.payload` for version 2, over the payload part only for legacy
 //! version 1), the `jti` (base32 without padding of SHA-512/256 of the claims JSON with an empty
-//! `jti`), issuer-prefix rules and `exp`/`nbf` checks against an injected clock.
+//! `jti`), issuer-prefix rules and `exp`/`nbf` checks against a time the caller gives.
 //!
 //! Pure: no I/O, no logging, time comes from the caller. It must never log or put into an
 //! error a token, a seed or any part of a JWT.
@@ -16,7 +16,6 @@ use nkeys::{KeyPair, KeyPairType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::clock::Clock;
 use crate::permissions::{Permissions, ResponsePermission, SubjectRules};
 use crate::secret::Secret;
 
@@ -291,14 +290,9 @@ struct Header {
     alg: String,
 }
 
-/// Decode and verify a token: structure, header, claim type, version, issuer kind, signature,
-/// `exp` and `nbf` (whole seconds: expired iff `now > exp`; early iff `nbf > now`).
-/// Claim-specific checks (`aud`, `sub`, …) are the caller's.
-pub fn decode<B: ClaimBody>(token: &str, clock: &dyn Clock) -> Result<Claims<B>, JwtError> {
-    decode_at(token, clock.now())
-}
-
-/// [`decode`] with the time given directly (Unix seconds).
+/// Decode and verify a token at `now` (Unix seconds): structure, header, claim type, version,
+/// issuer kind, signature, `exp` and `nbf` (whole seconds: expired iff `now > exp`; early iff
+/// `nbf > now`). Claim-specific checks (`aud`, `sub`, …) are the caller's.
 pub fn decode_at<B: ClaimBody>(token: &str, now: u64) -> Result<Claims<B>, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::Malformed);
@@ -721,7 +715,6 @@ mod opt_secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FixedClock;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -847,7 +840,7 @@ mod tests {
         c.exp = NOW + 10;
         let token = encode(&mut c, &acc).unwrap();
         assert!(token.starts_with(HEADER_B64));
-        let back: Claims<User> = decode(&token, &FixedClock::new(NOW)).unwrap();
+        let back: Claims<User> = decode_at(&token, NOW).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.iss, acc.public_key());
         assert_eq!(back.nats.permissions(), perms);

@@ -13,7 +13,6 @@
 //! by the denial reason in the nats-server log (the callout's error string).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, ConnectOptions, Event};
@@ -24,6 +23,7 @@ use nats_k8s_callout::config::Config;
 use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, MintSpec};
 use nats_k8s_callout::testkit::nats_server::{CalloutServerConfig, NatsServer};
 use nats_k8s_callout::testkit::operator::{OperatorOptions, OperatorSetup};
+use nats_k8s_callout::testkit::TempDir;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -41,23 +41,7 @@ struct World {
     double: K8sDouble,
     server: NatsServer,
     app: Option<App>,
-    dir: PathBuf,
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "e2e-{tag}-{}-{:x}",
-        std::process::id(),
-        nats_k8s_callout::backoff::random_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
+    dir: TempDir,
 }
 
 impl World {
@@ -67,8 +51,8 @@ impl World {
 
     async fn start_with(mode: Mode, extra_env: &[(&str, &str)]) -> World {
         let double = K8sDouble::start(DoubleOptions::default()).unwrap();
-        let dir = temp_dir("world");
-        let api_token = write(&dir, "api-token", &double.token());
+        let dir = TempDir::new("e2e-world");
+        let api_token = dir.write("api-token", &double.token());
         let mut env: HashMap<String, String> = HashMap::from([
             ("JWT_ISSUER".into(), double.issuer().to_string()),
             (
@@ -82,11 +66,11 @@ impl World {
         let server = match mode {
             Mode::Config { xkey } => {
                 let account = nkeys::KeyPair::new_account();
-                let seed = write(&dir, "issuer.seed", &account.seed().unwrap());
+                let seed = dir.write("issuer.seed", &account.seed().unwrap());
                 let mut conf = CalloutServerConfig::new(account.public_key(), AUTH_PASSWORD);
                 if xkey {
                     let x = nkeys::XKey::new();
-                    let f = write(&dir, "xkey.seed", &x.seed().unwrap());
+                    let f = dir.write("xkey.seed", &x.seed().unwrap());
                     env.insert("NATS_XKEY_SEED_FILE".into(), f);
                     conf = conf.xkey(x.public_key());
                 }
@@ -98,7 +82,7 @@ impl World {
             }
             Mode::Operator { xkey, signing_keys } => {
                 let setup = OperatorSetup::generate(OperatorOptions { xkey, signing_keys });
-                let creds = write(&dir, "service.creds", &setup.service_creds);
+                let creds = dir.write("service.creds", &setup.service_creds);
                 // With signing keys, the app account's signing key issues the users and the
                 // callout account's signing key signs the responses.
                 let app_signer = setup.app_signing_key.as_ref().unwrap_or(&setup.app_account);
@@ -106,14 +90,14 @@ impl World {
                     .callout_signing_key
                     .as_ref()
                     .unwrap_or(&setup.callout_account);
-                let app_seed = write(&dir, "app.seed", &app_signer.seed().unwrap());
-                let callout_seed = write(&dir, "callout.seed", &callout_signer.seed().unwrap());
+                let app_seed = dir.write("app.seed", &app_signer.seed().unwrap());
+                let callout_seed = dir.write("callout.seed", &callout_signer.seed().unwrap());
                 env.insert("NATS_CREDS_FILE".into(), creds);
                 env.insert("NATS_SIGNING_KEY_FILE".into(), app_seed);
                 env.insert("NATS_RESPONSE_SIGNING_KEY_FILE".into(), callout_seed);
                 env.insert("NATS_ACCOUNT".into(), setup.app_account.public_key());
                 if let Some(x) = &setup.xkey {
-                    let f = write(&dir, "xkey.seed", &x.seed().unwrap());
+                    let f = dir.write("xkey.seed", &x.seed().unwrap());
                     env.insert("NATS_XKEY_SEED_FILE".into(), f);
                 }
                 NatsServer::start(&setup.server_config(""))
@@ -191,7 +175,6 @@ impl Drop for World {
         if let Some(app) = self.app.take() {
             app.shutdown(Duration::from_secs(2));
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -667,7 +650,7 @@ async fn session_ends_when_the_token_expires_and_a_fresh_token_readmits() {
     let w = World::start(Mode::Config { xkey: false }).await;
     w.double.create_sa("shop", "orders-api", &[]);
     wait_cached(&w, "shop", "orders-api").await;
-    let token_file = w.dir.join("nats-token");
+    let token_file = w.dir.path().join("nats-token");
     let exp = unix_now() + 4;
     std::fs::write(
         &token_file,

@@ -9,6 +9,7 @@ use nats_k8s_callout::app::App;
 use nats_k8s_callout::config::Config;
 use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble};
 use nats_k8s_callout::testkit::nats_server::{CalloutServerConfig, NatsServer};
+use nats_k8s_callout::testkit::TempDir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_token_logs_in_with_namespace_permissions() {
@@ -19,12 +20,9 @@ async fn a_minted_token_logs_in_with_namespace_permissions() {
         &[("nats.io/allowed-pub-subjects", "billing.invoices.>")],
     );
     let account = nkeys::KeyPair::new_account();
-    let dir = std::env::temp_dir().join(format!("e2e-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let seed_file = dir.join("issuer.seed");
-    std::fs::write(&seed_file, account.seed().unwrap()).unwrap();
-    let api_token = dir.join("api-token");
-    std::fs::write(&api_token, double.token()).unwrap();
+    let dir = TempDir::new("e2e-smoke");
+    let seed_file = dir.write("issuer.seed", &account.seed().unwrap());
+    let api_token = dir.write("api-token", &double.token());
     let server =
         NatsServer::start(&CalloutServerConfig::new(account.public_key(), "s3cret").render());
 
@@ -32,12 +30,12 @@ async fn a_minted_token_logs_in_with_namespace_permissions() {
         ("NATS_URL", server.url()),
         ("NATS_USER", "auth".to_string()),
         ("NATS_PASSWORD", "s3cret".to_string()),
-        ("NATS_SIGNING_KEY_FILE", seed_file.display().to_string()),
+        ("NATS_SIGNING_KEY_FILE", seed_file),
         ("NATS_ACCOUNT", "APP".to_string()),
         ("JWT_ISSUER", double.issuer().to_string()),
         ("JWKS_URL", format!("{}/openid/v1/jwks", double.url())),
         ("K8S_API_URL", double.url()),
-        ("K8S_TOKEN_FILE", api_token.display().to_string()),
+        ("K8S_TOKEN_FILE", api_token),
         ("HTTP_ADDR", "127.0.0.1:0".to_string()),
     ]);
     let cfg = Config::from_env(&|k| env.get(k).cloned()).expect("valid config");
@@ -95,5 +93,4 @@ async fn a_minted_token_logs_in_with_namespace_permissions() {
     tokio::task::spawn_blocking(move || assert!(app.shutdown(Duration::from_secs(5))))
         .await
         .unwrap();
-    std::fs::remove_dir_all(&dir).ok();
 }

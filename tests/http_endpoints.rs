@@ -4,10 +4,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nats_k8s_callout::http::{serve, Health};
 use nats_k8s_callout::metrics;
+use nats_k8s_callout::testkit::eventually;
+use nats_k8s_callout::testkit::nats_server::NatsServer;
+
+/// How long a readiness or liveness flip may take.
+const WITHIN: Duration = Duration::from_secs(5);
 
 struct Reply {
     status: u16,
@@ -51,14 +56,6 @@ fn json(r: &Reply) -> serde_json::Value {
 }
 
 /// Polls until `f` holds (generous liveness deadline).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "not within 5 s: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn readyz_names_each_check_and_flips_with_them() {
     let health = Arc::new(Health::new());
@@ -123,11 +120,11 @@ fn readiness_follows_a_dependency_that_goes_away_and_returns() {
     let addr = srv.local_addr();
     assert_eq!(get(addr, "/readyz").status, 200);
     drop(listener);
-    eventually("readyz 503 after the dependency left", || {
+    eventually("readyz 503 after the dependency left", WITHIN, || {
         get(addr, "/readyz").status == 503
     });
     let _back = TcpListener::bind(dep).expect("rebind the same port");
-    eventually("readyz 200 after the dependency returned", || {
+    eventually("readyz 200 after the dependency returned", WITHIN, || {
         get(addr, "/readyz").status == 200
     });
 }
@@ -214,7 +211,7 @@ fn metrics_unknown_paths_and_methods() {
     assert_eq!(get(addr, "/metrics?x=1").status, 200);
     assert_eq!(request(addr, "POST", "/readyz").status, 405);
     srv.stop();
-    eventually("the listener closes after stop()", || {
+    eventually("the listener closes after stop()", WITHIN, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
     });
 }
@@ -292,48 +289,6 @@ fn promtool_accepts_live_metrics() {
     );
 }
 
-/// The `nats-server` binary: `NATS_SERVER_BIN`, else the project's `.venv`, else PATH.
-fn nats_server_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return p.into();
-    }
-    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server");
-    if local.is_file() {
-        return local;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!("nats-server not found: run scripts/install-deps or set NATS_SERVER_BIN")
-        })
-}
-
-/// A nats-server process, killed on drop.
-struct Nats(std::process::Child);
-
-impl Nats {
-    fn start(port: u16) -> Nats {
-        let child = std::process::Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        Nats(child)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A cheap stand-in for the service's NATS check: the server answers with its INFO line.
 fn nats_answers(addr: SocketAddr) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300))
@@ -352,12 +307,10 @@ fn nats_answers(addr: SocketAddr) -> Result<(), String> {
 
 #[test]
 fn readiness_follows_a_real_nats_server_going_away_and_returning() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let nats_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Started only to get its port and config; down until the check below has seen 503.
+    let mut server = NatsServer::start("");
+    server.stop();
+    let nats_addr: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
     let health = Arc::new(Health::new());
     health.register_check(
         "nats",
@@ -373,16 +326,16 @@ fn readiness_follows_a_real_nats_server_going_away_and_returning() {
     assert_eq!(r.status, 503, "no server yet: {}", r.body);
     assert_eq!(json(&r)["checks"]["nats"]["ok"], false);
 
-    let server = Nats::start(port);
-    eventually("ready once nats-server is up", || {
+    server.restart();
+    eventually("ready once nats-server is up", WITHIN, || {
         get(addr, "/readyz").status == 200
     });
-    drop(server);
-    eventually("not ready after nats-server went away", || {
+    server.stop();
+    eventually("not ready after nats-server went away", WITHIN, || {
         get(addr, "/readyz").status == 503
     });
-    let _server = Nats::start(port);
-    eventually("ready again after nats-server returned", || {
+    server.restart();
+    eventually("ready again after nats-server returned", WITHIN, || {
         get(addr, "/readyz").status == 200
     });
 }

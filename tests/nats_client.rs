@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nats_k8s_callout::nats::{Auth, Connection, Error, Headers, Message, Options, TlsOptions};
 use nats_k8s_callout::secret::Secret;
+use nats_k8s_callout::testkit::eventually;
 use nats_k8s_callout::testkit::nats_server::{
     configs, tls_fixtures_dir, CalloutServerConfig, NatsServer,
 };
@@ -32,12 +33,26 @@ fn recv(sub: &nats_k8s_callout::nats::Subscription) -> Message {
         .expect("message within 5 s")
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// A fake server for one connection: sends INFO, reads the client's CONNECT up to its PING,
+/// answers `reply`, then holds the socket open for `hold`. Returns its URL and thread.
+fn fake_server(reply: &'static [u8], hold: Duration) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    let holder = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&b[..n]);
+        }
+        s.write_all(reply).unwrap();
+        std::thread::sleep(hold);
+    });
+    (url, holder)
 }
 
 /// A subscription on `conn` receives what `conn` publishes.
@@ -311,7 +326,7 @@ fn max_control_line_error_is_surfaced() {
     let long = format!("s.{}", "x".repeat(400));
     c.publish(&long, None, b"").unwrap();
     assert!(c.flush(WAIT).is_err());
-    wait_until("the -ERR", || c.last_error().is_some());
+    eventually("the -ERR", WAIT, || c.last_error().is_some());
     assert!(c
         .last_error()
         .unwrap()
@@ -327,10 +342,10 @@ fn reconnects_and_resubscribes_after_restart() {
     c.flush(WAIT).unwrap();
     let before = sub.sid();
     srv.stop();
-    wait_until("disconnect noticed", || !c.is_connected());
+    eventually("disconnect noticed", WAIT, || !c.is_connected());
     assert!(c.publish("re.x", None, b"while down").is_err());
     srv.restart();
-    wait_until("reconnect", || c.is_connected());
+    eventually("reconnect", WAIT, || c.is_connected());
     c.flush(WAIT).unwrap();
     let other = connect(&srv.url());
     other.publish("re.a", None, b"after").unwrap();
@@ -405,29 +420,13 @@ fn connect_timeout_when_server_stalls_after_info() {
 #[test]
 fn dead_link_detected_by_unanswered_pings() {
     // A fake server that completes the handshake, then goes silent (socket stays open).
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("nats://{}", listener.local_addr().unwrap());
-    let holder = std::thread::spawn(move || {
-        use std::io::Write;
-        let (mut s, _) = listener.accept().unwrap();
-        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 1024];
-        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&b[..n]);
-        }
-        s.write_all(b"PONG\r\n").unwrap();
-        std::thread::sleep(Duration::from_secs(4));
-        drop(s);
-    });
+    let (url, holder) = fake_server(b"PONG\r\n", Duration::from_secs(4));
     let mut o = opts(&[url]);
     o.ping_interval = Duration::from_millis(100);
     o.max_pings_out = 2;
     let c = Connection::connect(o).unwrap();
     assert!(c.is_connected());
-    wait_until("dead link detected", || !c.is_connected());
+    eventually("dead link detected", WAIT, || !c.is_connected());
     c.close();
     holder.join().unwrap();
 }
@@ -477,7 +476,7 @@ fn drain_delivers_buffered_messages_then_closes() {
         other.publish("d", None, format!("{i}").as_bytes()).unwrap();
     }
     other.flush(WAIT).unwrap();
-    wait_until("10 buffered", || sub.receiver().len() == 10);
+    eventually("10 buffered", WAIT, || sub.receiver().len() == 10);
     let rx = sub.receiver().clone();
     let worker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -535,7 +534,7 @@ fn lame_duck_moves_to_another_server() {
     let sub = c.subscribe("ldm", None, 4).unwrap();
     c.flush(WAIT).unwrap();
     a.lame_duck();
-    wait_until("move to b", || {
+    eventually("move to b", WAIT, || {
         c.current_server() == b.url() && c.is_connected()
     });
     c.flush(WAIT).unwrap();
@@ -579,7 +578,7 @@ fn errors_are_not_connected_while_down_and_never_buffer() {
     let mut srv = NatsServer::start("");
     let c = connect(&srv.url());
     srv.stop();
-    wait_until("disconnect", || !c.is_connected());
+    eventually("disconnect", WAIT, || !c.is_connected());
     let e = c.publish("x", None, b"y").unwrap_err();
     assert_eq!(e.code(), "not_connected");
     assert!(matches!(
@@ -693,10 +692,10 @@ fn tls_connection_reconnects_after_restart() {
     );
     let before = reconnects.get();
     srv.restart();
-    wait_until("disconnect noticed", || {
+    eventually("disconnect noticed", WAIT, || {
         !c.is_connected() || reconnects.get() > before
     });
-    wait_until("reconnect", || c.is_connected());
+    eventually("reconnect", WAIT, || c.is_connected());
     assert!(reconnects.get() > before);
     c.flush(WAIT).unwrap();
     c.publish("tls.re", None, b"again").unwrap();
@@ -773,12 +772,12 @@ fn learns_cluster_peers_from_info_and_fails_over_to_them() {
     let c = connect(&servers[0].url());
     let sub = c.subscribe("cl", None, 4).unwrap();
     c.flush(WAIT).unwrap();
-    wait_until("connect_urls announce the peer", || {
+    eventually("connect_urls announce the peer", WAIT, || {
         c.server_info()
             .is_some_and(|i| i.connect_urls.iter().any(|u| b_url.ends_with(u.as_str())))
     });
     servers[0].stop();
-    wait_until("failover to the announced peer", || {
+    eventually("failover to the announced peer", WAIT, || {
         c.is_connected() && c.current_server() == b_url
     });
     c.flush(WAIT).unwrap();
@@ -790,24 +789,9 @@ fn learns_cluster_peers_from_info_and_fails_over_to_them() {
 
 #[test]
 fn garbage_from_the_server_drops_the_link_without_panicking() {
-    use std::io::Write;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("nats://{}", listener.local_addr().unwrap());
-    let holder = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.write_all(b"INFO {\"server_id\":\"fake\"}\r\n").unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 1024];
-        while !String::from_utf8_lossy(&got).contains("PING\r\n") {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&b[..n]);
-        }
-        s.write_all(b"PONG\r\nMSG a 1 99999999999\r\n").unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    });
+    let (url, holder) = fake_server(b"PONG\r\nMSG a 1 99999999999\r\n", Duration::from_secs(2));
     let c = Connection::connect(opts(&[url])).unwrap();
-    wait_until("link dropped", || !c.is_connected());
+    eventually("link dropped", WAIT, || !c.is_connected());
     c.close();
     holder.join().unwrap();
 }
@@ -831,7 +815,7 @@ fn monitor_connections(srv: &NatsServer) -> u64 {
 fn dropping_the_last_handle_closes_the_connection() {
     let srv = NatsServer::start_with_monitor("");
     // the harness' readiness probe may still be counted for a moment
-    wait_until("no connections", || monitor_connections(&srv) == 0);
+    eventually("no connections", WAIT, || monitor_connections(&srv) == 0);
     let c = connect(&srv.url());
     let sub = c.subscribe("x", None, 1).unwrap();
     let c2 = c.clone();
@@ -842,7 +826,9 @@ fn dropping_the_last_handle_closes_the_connection() {
     // the subscription still holds the connection
     assert_eq!(monitor_connections(&srv), 1);
     drop(sub);
-    wait_until("server sees the close", || monitor_connections(&srv) == 0);
+    eventually("server sees the close", WAIT, || {
+        monitor_connections(&srv) == 0
+    });
 }
 
 #[test]

@@ -19,6 +19,7 @@ use nats_k8s_callout::clock::unix_now;
 use nats_k8s_callout::config::{Config, VARIABLES};
 use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, ServiceAccount};
 use nats_k8s_callout::testkit::nats_server::{free_port, CalloutServerConfig, NatsServer};
+use nats_k8s_callout::testkit::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-callout");
 const AUTH_PASSWORD: &str = "ops-Pa55word-not-for-logs";
@@ -26,29 +27,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!(
-            "ops-{tag}-{}-{:x}",
-            std::process::id(),
-            nats_k8s_callout::backoff::random_u64()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The double, a config-mode nats-server and the service's environment for them.
 struct Setup {
@@ -58,7 +36,7 @@ struct Setup {
     seed: String,
     /// The service's curve seed when the callout requests are sealed.
     xkey_seed: Option<String>,
-    dir: Dir,
+    dir: TempDir,
 }
 
 fn setup() -> Setup {
@@ -75,7 +53,7 @@ fn setup_with(xkey: bool) -> Setup {
             "billing.invoices.>, $SYS.x, bad subject",
         )],
     );
-    let dir = Dir::new("setup");
+    let dir = TempDir::new("ops-setup");
     let account = nkeys::KeyPair::new_account();
     let seed = account.seed().unwrap();
     let seed_file = dir.write("issuer.seed", &seed);

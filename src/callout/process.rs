@@ -169,7 +169,7 @@ impl Processor {
                 Decision::deny("decider_panic")
             });
         let now = self.clock.now();
-        let signed = match &decision {
+        let signed = match decision {
             Decision::Allow(grant) => {
                 self.metrics.decision("allow", "granted");
                 log::log!(
@@ -254,7 +254,7 @@ impl Processor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::authz::{AuthRequest, Grant};
     use crate::callout::request::tests::{request_claims, NOW};
@@ -283,17 +283,24 @@ mod tests {
         Box::leak(Box::new(Registry::new()))
     }
 
-    #[test]
-    fn allow_deny_expired_and_bad_are_counted() {
-        let issuer = KeyPair::new_account();
-        let server = KeyPair::new_server();
-        let reg = registry();
+    /// Config mode into account `APP`, `issuer` signing; metrics into a registry of its own.
+    pub(crate) fn config_mode(issuer: &KeyPair) -> CalloutConfig {
         let mut cfg = CalloutConfig::new(
             Placement::Config {
                 account: "APP".into(),
             },
             Secret::new(issuer.seed().unwrap()),
         );
+        cfg.metrics = registry();
+        cfg
+    }
+
+    #[test]
+    fn allow_deny_expired_and_bad_are_counted() {
+        let issuer = KeyPair::new_account();
+        let server = KeyPair::new_server();
+        let reg = registry();
+        let mut cfg = config_mode(&issuer);
         cfg.metrics = reg;
         let clock = Arc::new(FixedClock::new(NOW));
         let p = Processor::new(&cfg, decider(), clock.clone()).unwrap();
@@ -349,13 +356,7 @@ mod tests {
     fn a_panicking_decider_becomes_a_denial() {
         let issuer = KeyPair::new_account();
         let server = KeyPair::new_server();
-        let mut cfg = CalloutConfig::new(
-            Placement::Config {
-                account: "APP".into(),
-            },
-            Secret::new(issuer.seed().unwrap()),
-        );
-        cfg.metrics = registry();
+        let cfg = config_mode(&issuer);
         let boom: Arc<dyn Decider> = Arc::new(|_: &AuthRequest| -> Decision { panic!("boom") });
         let p = Processor::new(&cfg, boom, Arc::new(FixedClock::new(NOW))).unwrap();
         let mut c = request_claims(&server, &issuer.public_key());
@@ -375,13 +376,7 @@ mod tests {
         let server = KeyPair::new_server();
         let server_x = XKey::new();
         let service_x = XKey::new();
-        let mut cfg = CalloutConfig::new(
-            Placement::Config {
-                account: "APP".into(),
-            },
-            Secret::new(issuer.seed().unwrap()),
-        );
-        cfg.metrics = registry();
+        let mut cfg = config_mode(&issuer);
         cfg.xkey_seed = Some(Secret::new(service_x.seed().unwrap()));
         let p = Processor::new(&cfg, decider(), Arc::new(FixedClock::new(NOW))).unwrap();
         let mut c = request_claims(&server, &issuer.public_key());

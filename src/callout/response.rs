@@ -135,23 +135,18 @@ impl Signers {
         self.response_signer.public()
     }
 
-    /// The placement.
-    pub fn placement(&self) -> &Placement {
-        &self.placement
-    }
-
-    /// The user JWT for an admitted client.
+    /// The user JWT for an admitted client (the grant moves into it: nothing is copied).
     pub fn user_jwt(
         &self,
         req: &Claims<AuthorizationRequest>,
-        grant: &Grant,
+        grant: Grant,
         now: u64,
     ) -> Result<String, JwtError> {
-        let mut user = User::with_permissions(grant.permissions.clone());
-        user.tags = grant.tags.clone();
+        let mut user = User::with_permissions(grant.permissions);
+        user.tags = grant.tags;
         user.issuer_account = self.issuer_account.clone();
         let mut c = Claims::new(req.nats.user_nkey.clone(), now, user);
-        c.name = grant.name.clone();
+        c.name = grant.name;
         c.exp = grant.expires_at.unwrap_or(0);
         c.aud = match &self.placement {
             Placement::Config { account } | Placement::Operator { account } => account.clone(),
@@ -174,7 +169,7 @@ impl Signers {
     pub fn allow(
         &self,
         req: &Claims<AuthorizationRequest>,
-        grant: &Grant,
+        grant: Grant,
         now: u64,
     ) -> Result<String, JwtError> {
         let jwt = self.user_jwt(req, grant, now)?;
@@ -253,7 +248,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let resp = s.allow(&req, &grant(), NOW).unwrap();
+        let resp = s.allow(&req, grant(), NOW).unwrap();
         let r: Claims<AuthorizationResponse> = natsjwt::decode_at(&resp, NOW).unwrap();
         assert_eq!(
             payload_json(&resp),
@@ -318,7 +313,7 @@ mod tests {
         )
         .unwrap();
         let r: Claims<AuthorizationResponse> =
-            natsjwt::decode_at(&s.allow(&req, &grant(), NOW).unwrap(), NOW).unwrap();
+            natsjwt::decode_at(&s.allow(&req, grant(), NOW).unwrap(), NOW).unwrap();
         assert_eq!(r.iss, callout.public_key());
         assert!(r.nats.issuer_account.is_empty());
         let u: Claims<User> = natsjwt::decode_at(&r.nats.jwt, NOW).unwrap();
@@ -332,7 +327,7 @@ mod tests {
         )
         .unwrap();
         let r: Claims<AuthorizationResponse> =
-            natsjwt::decode_at(&s.allow(&req, &grant(), NOW).unwrap(), NOW).unwrap();
+            natsjwt::decode_at(&s.allow(&req, grant(), NOW).unwrap(), NOW).unwrap();
         let u: Claims<User> = natsjwt::decode_at(&r.nats.jwt, NOW).unwrap();
         assert_eq!(u.iss, target.public_key());
         assert!(u.nats.issuer_account.is_empty());

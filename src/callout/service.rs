@@ -283,9 +283,8 @@ pub fn processor(
 mod tests {
     use super::*;
     use crate::authz::{AuthRequest, Decision, Grant};
-    use crate::callout::Placement;
+    use crate::callout::process::tests::config_mode;
     use crate::clock::unix_now;
-    use crate::metrics::Registry;
     use crate::natsjwt::{self, AuthorizationRequest, Claims, REQUEST_AUDIENCE};
     use crate::secret::Secret;
     use nkeys::KeyPair;
@@ -328,16 +327,23 @@ mod tests {
     }
 
     #[test]
+    fn zero_workers_or_zero_queue_is_refused() {
+        let issuer = KeyPair::new_account();
+        let decider: Arc<dyn Decider> = Arc::new(|_: &AuthRequest| Decision::deny("x"));
+        for (workers, queue) in [(0, 16), (2, 0)] {
+            let mut cfg = config_mode(&issuer);
+            cfg.workers = workers;
+            cfg.queue_capacity = queue;
+            let err = processor(&cfg, decider.clone()).err().expect("refused");
+            assert_eq!(err.code(), "callout_sizing");
+        }
+    }
+
+    #[test]
     fn slow_decision_does_not_stall_others_and_drain_finishes_queue() {
         let issuer = KeyPair::new_account();
         let server = KeyPair::new_server();
-        let mut cfg = CalloutConfig::new(
-            Placement::Config {
-                account: "APP".into(),
-            },
-            Secret::new(issuer.seed().unwrap()),
-        );
-        cfg.metrics = Box::leak(Box::new(Registry::new()));
+        let mut cfg = config_mode(&issuer);
         cfg.workers = 2;
         let decider: Arc<dyn Decider> = Arc::new(|r: &AuthRequest| {
             if r.bearer_token() == Some("slow") {

@@ -171,15 +171,7 @@ impl Subscription {
     /// still delivering what it sent before, then close the channel (readable until empty).
     /// The subscription is closed in every case.
     pub fn drain(&self, timeout: Duration) -> Result<(), Error> {
-        let inner = self.conn.inner();
-        let mut out = Vec::new();
-        proto::encode_unsub(&mut out, self.sid);
-        let result = inner.write(&out).and_then(|_| inner.flush(timeout));
-        lock(&inner.subs).remove(&self.sid);
-        match result {
-            Err(Error::Server(_)) => Ok(()),
-            other => other,
-        }
+        self.conn.inner().drain_sids(&[self.sid], timeout)
     }
 }
 
@@ -440,10 +432,7 @@ impl Connection {
         capacity: usize,
     ) -> Result<Subscription, Error> {
         let inner = self.inner();
-        if inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        if inner.draining.load(Ordering::SeqCst) {
+        if inner.closed.load(Ordering::SeqCst) || inner.draining.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
         let sid = inner.next_sid.fetch_add(1, Ordering::Relaxed);
@@ -502,12 +491,7 @@ impl Connection {
         payload: &[u8],
     ) -> Result<(), Error> {
         let inner = self.inner();
-        let max = lock(&inner.info)
-            .as_ref()
-            .map(|i| i.max_payload as usize)
-            .filter(|n| *n > 0)
-            .unwrap_or(proto::HARD_MAX_PAYLOAD)
-            .min(proto::HARD_MAX_PAYLOAD);
+        let max = limits(&inner.opts, lock(&inner.info).as_ref()).max_payload;
         let mut out = Vec::with_capacity(payload.len() + 64);
         let size = proto::encode_pub(&mut out, subject, reply, headers, payload)?;
         if size > max {
@@ -551,22 +535,7 @@ impl Connection {
         let inner = self.inner();
         inner.draining.store(true, Ordering::SeqCst);
         let sids: Vec<u64> = lock(&inner.subs).keys().copied().collect();
-        let mut out = Vec::new();
-        for sid in &sids {
-            proto::encode_unsub(&mut out, *sid);
-        }
-        let sent = if out.is_empty() {
-            Ok(())
-        } else {
-            inner.write(&out)
-        };
-        let flushed = sent.and_then(|_| inner.flush(timeout));
-        // No new message can arrive for these sids once the PONG came back.
-        lock(&inner.subs).retain(|_, _| false);
-        match flushed {
-            Err(Error::Server(_)) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        inner.drain_sids(&sids, timeout)
     }
 
     /// Graceful shutdown: [`Connection::drain_subscriptions`], wait until every subscription
@@ -697,6 +666,31 @@ impl Inner {
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::NotConnected),
+        }
+    }
+
+    /// UNSUB `sids`, wait (up to `timeout`) for the PONG that confirms it, then close their
+    /// channels (readable until empty). A server `-ERR` meanwhile is not a drain failure.
+    fn drain_sids(&self, sids: &[u64], timeout: Duration) -> Result<(), Error> {
+        let mut out = Vec::new();
+        for sid in sids {
+            proto::encode_unsub(&mut out, *sid);
+        }
+        let sent = if out.is_empty() {
+            Ok(())
+        } else {
+            self.write(&out)
+        };
+        let flushed = sent.and_then(|_| self.flush(timeout));
+        // No new message can arrive for these sids once the PONG came back.
+        let mut subs = lock(&self.subs);
+        for sid in sids {
+            subs.remove(sid);
+        }
+        drop(subs);
+        match flushed {
+            Err(Error::Server(_)) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

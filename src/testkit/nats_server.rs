@@ -10,9 +10,10 @@ use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use super::temp_dir;
 
 /// How long `start` waits for the server to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -84,19 +85,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
-}
-
-/// A fresh private temporary directory.
-fn temp_dir(prefix: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}-{:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        crate::backoff::random_u64()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 /// A running `nats-server`. Killed (and its directory removed) on drop.
