@@ -10,6 +10,7 @@ use nats_k8s_callout::http::{serve, Health};
 use nats_k8s_callout::metrics;
 use nats_k8s_callout::testkit::eventually;
 use nats_k8s_callout::testkit::nats_server::NatsServer;
+use nats_k8s_callout::testkit::promtool;
 
 /// How long a readiness or liveness flip may take.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -218,21 +219,6 @@ fn metrics_unknown_paths_and_methods() {
 
 #[test]
 fn promtool_accepts_live_metrics() {
-    let promtool = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    let Some(promtool) = promtool else {
-        if std::env::var("SKIP_PROMTOOL").as_deref() == Ok("1") {
-            eprintln!("promtool not found; skipped because SKIP_PROMTOOL=1");
-            return;
-        }
-        panic!(
-            "promtool not found on PATH: run scripts/install-deps (Debian package `prometheus`) \
-             or set SKIP_PROMTOOL=1"
-        );
-    };
     let reg = metrics::global();
     reg.counter(
         "nats_k8s_callout_promtool_decisions_total",
@@ -264,29 +250,9 @@ fn promtool_accepts_live_metrics() {
     let srv = serve("127.0.0.1:0", Arc::new(Health::new())).unwrap();
     let body = get(srv.local_addr(), "/metrics").body;
     assert!(body.contains("nats_k8s_callout_promtool_decision_duration_seconds_bucket"));
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "promtool check metrics complained:\n{text}\n--- metrics ---\n{body}"
-    );
+    if let Err(text) = promtool::check_metrics(&body) {
+        panic!("promtool check metrics complained:\n{text}\n--- metrics ---\n{body}");
+    }
 }
 
 /// A cheap stand-in for the service's NATS check: the server answers with its INFO line.

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use nats_k8s_callout::clock::unix_now;
 use nats_k8s_callout::config::{Config, VARIABLES};
 use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, ServiceAccount};
 use nats_k8s_callout::testkit::nats_server::{free_port, CalloutServerConfig, NatsServer};
+use nats_k8s_callout::testkit::promtool;
 use nats_k8s_callout::testkit::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-callout");
@@ -706,14 +706,6 @@ fn no_secret_reaches_the_json_debug_log() {
 // ---------------------------------------------------------------------------------------------
 // Live metrics of the running service
 
-fn promtool() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("promtool"))
-            .find(|p| p.is_file())
-    })
-}
-
 #[test]
 fn live_metrics_of_the_running_service_count_decisions_and_pass_promtool() {
     let s = setup();
@@ -756,36 +748,9 @@ fn live_metrics_of_the_running_service_count_decisions_and_pass_promtool() {
         "an unbounded label value in:\n{body}"
     );
 
-    let Some(promtool) = promtool() else {
-        if std::env::var("SKIP_PROMTOOL").as_deref() == Ok("1") {
-            eprintln!("promtool not found; skipped because SKIP_PROMTOOL=1");
-            return;
-        }
-        panic!(
-            "promtool not found on PATH: run scripts/install-deps (Debian package `prometheus`) \
-             or set SKIP_PROMTOOL=1"
-        );
-    };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(text) = promtool::check_metrics(&body) {
+        panic!("promtool check metrics complained:\n{text}\n--- metrics ---\n{body}");
+    }
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait(WAIT).status.code(), Some(0));
 }

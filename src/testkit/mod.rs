@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub mod k8s_double;
 pub mod nats_server;
 pub mod operator;
+pub mod promtool;
 pub mod vectors;
 
 /// A fresh private temporary directory (not removed; see [`TempDir`] for one that is).
