@@ -351,6 +351,25 @@ async fn jwks_file_with_two_issuers() {
 // ---------------------------------------------------------------------------------------------
 // Which ServiceAccounts
 
+/// `K8S_NAMESPACE=shop`: only shop's ServiceAccounts; a token of another namespace is refused
+/// even though the API server would answer a GET for its ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_restriction_refuses_other_namespaces() {
+    let w = World::start(Setup::default().env("K8S_NAMESPACE", "shop")).await;
+    w.double.create_sa("shop", "orders-api", &[]);
+    w.double.create_sa("billing", "invoices", &[]);
+    w.wait_cached("shop", "orders-api").await;
+    let url = w.server.url();
+    connect(&url, &w.token("shop", "orders-api"))
+        .await
+        .expect("shop admitted")
+        .round_trip("shop.x")
+        .await;
+    assert_refused(&url, &w.token("billing", "invoices"), "other namespace").await;
+    w.expect_denial_logged("sa_not_found").await;
+    w.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Service login and URLs
 

@@ -756,8 +756,16 @@ impl Shared {
         let Some(client) = self.client.as_ref().filter(|_| self.cfg.lazy_get) else {
             return fallback;
         };
-        // Never put anything but a valid name into a URL path.
-        if !is_dns_label(namespace) || !is_dns_subdomain(name) {
+        // Never put anything but a valid name into a URL path. With K8S_NAMESPACE, another
+        // namespace's ServiceAccounts do not exist for us (the API server may still answer a GET).
+        if !is_dns_label(namespace)
+            || !is_dns_subdomain(name)
+            || self
+                .cfg
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != namespace)
+        {
             return Lookup::NotFound;
         }
         // Single flight: the first caller fetches, the others wait for its answer.
