@@ -370,6 +370,27 @@ async fn namespace_restriction_refuses_other_namespaces() {
     w.shutdown().await;
 }
 
+/// `K8S_LABEL_SELECTOR`: a ServiceAccount without the label is refused, even when the API
+/// server would answer a GET for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_selector_refuses_unselected_accounts() {
+    let w = World::start(Setup::default().env("K8S_LABEL_SELECTOR", "nats=enabled")).await;
+    w.double
+        .create_sa_full("shop", "selected", None, &[("nats", "enabled")], &[]);
+    w.double
+        .create_sa_full("shop", "other", None, &[("nats", "disabled")], &[]);
+    w.wait_cached("shop", "selected").await;
+    let url = w.server.url();
+    connect(&url, &w.token("shop", "selected"))
+        .await
+        .expect("selected admitted")
+        .round_trip("shop.x")
+        .await;
+    assert_refused(&url, &w.token("shop", "other"), "unselected account").await;
+    w.expect_denial_logged("sa_not_found").await;
+    w.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Service login and URLs
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::api::{encode_query_value, ErrorKind, KubeClient};
+use super::api::{encode_query_value, ApiError, ErrorKind, KubeClient};
 use crate::metrics::{global, Counter, Gauge};
 use crate::policy::{is_dns_label, is_dns_subdomain};
 
@@ -823,8 +823,30 @@ impl Shared {
             encode_query_value(name)
         );
         let deletions = self.deletions.load(Ordering::SeqCst);
+        let deadline = Some(self.cfg.lazy_get_deadline);
         let res = with_annotation_prefix(&self.cfg.annotation_prefix, || {
-            client.get_json::<Object>(&path, Some(self.cfg.lazy_get_deadline))
+            let Some(selector) = &self.cfg.label_selector else {
+                return client.get_json::<Object>(&path, deadline);
+            };
+            // A GET ignores K8S_LABEL_SELECTOR: list this one name with the selector instead,
+            // so an account the watch does not select is not found either.
+            #[derive(Deserialize)]
+            struct Items {
+                #[serde(default)]
+                items: Vec<Object>,
+            }
+            let list = format!(
+                "/api/v1/namespaces/{}/serviceaccounts?fieldSelector={}&labelSelector={}",
+                encode_query_value(namespace),
+                encode_query_value(&format!("metadata.name={name}")),
+                encode_query_value(selector)
+            );
+            client
+                .get_json::<Items>(&list, deadline)?
+                .items
+                .into_iter()
+                .find(|o| o.metadata.name.as_deref() == Some(name))
+                .ok_or_else(|| ApiError::new(ErrorKind::NotFound, Some(404), "not selected"))
         });
         let (result, remembered, ttl) = match res {
             Ok(obj) => match obj.into_record(&self.cfg.annotation_prefix) {
