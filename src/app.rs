@@ -23,6 +23,7 @@ use crate::clock::SystemClock;
 use crate::config::{AccountMode, AdmissionLogLevel, Config, JwksSource, NatsAuth};
 use crate::decision::{DecisionSettings, K8sDecider};
 use crate::http::{self, Health, HttpServer};
+use crate::jwks::source::origin;
 use crate::jwks::{self, IssuerSource, KeySource, KeyStore, RefresherHandle, StoreConfig};
 use crate::kube::{ApiConfig, CacheConfig, KubeClient, SaCache, WatcherHandle};
 use crate::nats::{self, Connection};
@@ -429,16 +430,26 @@ fn discover_issuer(client: &KubeClient) -> Result<String, String> {
 }
 
 fn key_source(cfg: &Config) -> KeySource {
+    let token = || {
+        cfg.kube.token_file.as_ref().map(|p| {
+            Arc::new(crate::httpclient::TokenFile::new(
+                p,
+                Duration::from_secs(60),
+            ))
+        })
+    };
     match &cfg.jwks {
         JwksSource::ApiServer => KeySource::Jwks {
             url: format!("{}/openid/v1/jwks", cfg.kube.api_url.trim_end_matches('/')),
             http: jwks::default_http(cfg.kube.ca_file.clone()),
-            bearer: cfg.kube.token_file.as_ref().map(|p| {
-                Arc::new(crate::httpclient::TokenFile::new(
-                    p,
-                    Duration::from_secs(60),
-                ))
-            }),
+            bearer: token(),
+        },
+        // A JWKS_URL on the API server is fetched as the API server is reached: with
+        // K8S_CA_FILE and, over https, our token. Any other: the built-in web roots, no token.
+        JwksSource::Url(url) if origin(url) == origin(&cfg.kube.api_url) => KeySource::Jwks {
+            url: url.clone(),
+            http: jwks::default_http(cfg.kube.ca_file.clone()),
+            bearer: token().filter(|_| url.starts_with("https://")),
         },
         JwksSource::Url(url) => KeySource::Jwks {
             url: url.clone(),

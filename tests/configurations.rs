@@ -305,6 +305,33 @@ async fn nats_over_tls_with_client_certificates() {
     w.shutdown().await;
 }
 
+/// The API double over https: `K8S_CA_FILE` is the only trust anchor for it, and the JWKS at
+/// `JWKS_URL` on the same API server must be fetched with it (and our token) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_over_tls_with_jwks_url_on_it() {
+    let w = World::start(
+        Setup {
+            // As kube-apiserver by default: the JWKS only for authenticated callers.
+            double: Some(DoubleOptions {
+                tls: true,
+                anonymous_discovery: false,
+                ..DoubleOptions::default()
+            }),
+            ..Setup::default()
+        }
+        .env("K8S_CA_FILE", "{double_ca}"),
+    )
+    .await;
+    assert!(w.double.url().starts_with("https://"));
+    w.double.create_sa("shop", "orders-api", &[]);
+    w.wait_cached("shop", "orders-api").await;
+    let c = connect(&w.server.url(), &w.token("shop", "orders-api"))
+        .await
+        .expect("admitted");
+    c.round_trip("shop.https").await;
+    w.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Token sources
 

@@ -247,7 +247,7 @@ fn check_url(url: &str, with_bearer: bool) -> Result<(), String> {
 }
 
 /// `scheme://host[:port]` of a URL.
-fn origin(url: &str) -> &str {
+pub fn origin(url: &str) -> &str {
     let after = url.find("://").map(|i| i + 3).unwrap_or(0);
     match url[after..].find(['/', '?', '#']) {
         Some(i) => &url[..after + i],
