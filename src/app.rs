@@ -367,7 +367,7 @@ pub fn key_store(cfg: &Config, issuers: &[String]) -> Result<Arc<KeyStore>, Stri
             .iter()
             .map(|issuer| IssuerSource {
                 issuer: issuer.clone(),
-                source: key_source(cfg),
+                source: key_source(cfg, issuer),
             })
             .collect(),
         StoreConfig {
@@ -429,7 +429,7 @@ fn discover_issuer(client: &KubeClient) -> Result<String, String> {
     ))
 }
 
-fn key_source(cfg: &Config) -> KeySource {
+fn key_source(cfg: &Config, issuer: &str) -> KeySource {
     let token = || {
         cfg.kube.token_file.as_ref().map(|p| {
             Arc::new(crate::httpclient::TokenFile::new(
@@ -457,6 +457,13 @@ fn key_source(cfg: &Config) -> KeySource {
             bearer: None,
         },
         JwksSource::File(path) => KeySource::File(path.clone()),
+        // The same for discovery from an issuer on the API server.
+        JwksSource::Discovery if origin(issuer) == origin(&cfg.kube.api_url) => {
+            KeySource::Discovery {
+                http: jwks::default_http(cfg.kube.ca_file.clone()),
+                bearer: token().filter(|_| issuer.starts_with("https://")),
+            }
+        }
         JwksSource::Discovery => KeySource::Discovery {
             http: jwks::default_http(None),
             bearer: None,

@@ -50,7 +50,7 @@ pub const VARIABLES: &[VarSpec] = &[
     VarSpec { name: "NATS_QUEUE_GROUP", default: "nats-k8s-callout", help: "queue group of the callout subscription" },
     VarSpec { name: "JWT_ISSUER", default: "", help: "accepted token issuers, comma-separated; in cluster default: discovered from the API server's /.well-known/openid-configuration; required out of cluster" },
     VarSpec { name: "JWT_AUDIENCE", default: "nats", help: "accepted token audiences, comma-separated" },
-    VarSpec { name: "JWKS_URL", default: "", help: "URL of the token signing keys (at most one of JWKS_URL, JWKS_FILE); on the origin of K8S_API_URL fetched with K8S_CA_FILE and K8S_TOKEN_FILE, elsewhere with the built-in web roots and no token; in cluster default: the API server's /openid/v1/jwks; out of cluster default: OIDC discovery from the issuer" },
+    VarSpec { name: "JWKS_URL", default: "", help: "URL of the token signing keys (at most one of JWKS_URL, JWKS_FILE); on the origin of K8S_API_URL fetched with K8S_CA_FILE and K8S_TOKEN_FILE, elsewhere with the built-in web roots and no token; in cluster default: the API server's /openid/v1/jwks; out of cluster default: OIDC discovery from the issuer (the same trust rule)" },
     VarSpec { name: "JWKS_FILE", default: "", help: "file with the token signing keys (JWKS JSON), re-read periodically" },
     VarSpec { name: "K8S_API_URL", default: "", help: "Kubernetes API server URL; in cluster default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; required out of cluster" },
     VarSpec { name: "K8S_TOKEN_FILE", default: "", help: "bearer token file for the API server; in cluster default: /var/run/secrets/kubernetes.io/serviceaccount/token" },

@@ -332,6 +332,36 @@ async fn api_server_over_tls_with_jwks_url_on_it() {
     w.shutdown().await;
 }
 
+/// Out of cluster without JWKS_URL: OIDC discovery from an issuer that is the API server
+/// itself (https, private CA) uses `K8S_CA_FILE` and our token, as the API server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_from_an_issuer_on_the_api_server() {
+    let port = free_port();
+    let w = World::start(
+        Setup {
+            double: Some(DoubleOptions {
+                port,
+                tls: true,
+                anonymous_discovery: false,
+                issuer: format!("https://127.0.0.1:{port}"),
+                ..DoubleOptions::default()
+            }),
+            ..Setup::default()
+        }
+        .env("K8S_CA_FILE", "{double_ca}")
+        .env("JWKS_URL", ""),
+    )
+    .await;
+    w.double.create_sa("shop", "orders-api", &[]);
+    w.wait_cached("shop", "orders-api").await;
+    connect(&w.server.url(), &w.token("shop", "orders-api"))
+        .await
+        .expect("admitted")
+        .round_trip("shop.discovered")
+        .await;
+    w.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Token sources
 
