@@ -52,6 +52,8 @@ struct Setup {
     issuer_key: Option<nkeys::KeyPair>,
     /// Prepended to `NATS_URL` (comma-separated).
     url_prefix: Option<String>,
+    /// Encrypted callout requests (config mode only).
+    xkey: bool,
 }
 
 impl Setup {
@@ -87,7 +89,14 @@ impl World {
             None => {
                 env.insert("NATS_USER".into(), "auth".into());
                 env.insert("NATS_PASSWORD".into(), AUTH_PASSWORD.into());
-                CalloutServerConfig::new(account.public_key(), AUTH_PASSWORD).render()
+                let mut conf = CalloutServerConfig::new(account.public_key(), AUTH_PASSWORD);
+                if setup.xkey {
+                    let x = nkeys::XKey::new();
+                    let f = dir.write("xkey.seed", &x.seed().unwrap());
+                    env.insert("NATS_XKEY_SEED_FILE".into(), f);
+                    conf = conf.xkey(x.public_key());
+                }
+                conf.render()
             }
         };
         let server = NatsServer::start(&format!("{conf}\n{}", setup.server_extra));
@@ -552,11 +561,13 @@ async fn policy_settings_prefix_responses_and_max_session() {
 // Large tokens
 
 /// A token of about 12 KiB (beyond nats-server's default 4 KiB control line; the server is
-/// configured for 32 KiB) is admitted; one above our 16 KiB limit is refused as malformed.
+/// configured for 32 KiB) is admitted through encrypted (xkey) callout requests; one above our
+/// 16 KiB limit is refused as malformed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_tokens_near_the_control_line_limit() {
     let w = World::start(Setup {
         server_extra: "max_control_line: 32768\n".into(),
+        xkey: true,
         ..Setup::default()
     })
     .await;
