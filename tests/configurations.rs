@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use nats_k8s_callout::app::App;
 use nats_k8s_callout::clock::unix_now;
 use nats_k8s_callout::config::Config;
-use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, MintSpec};
+use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, MintSpec, ServiceAccount};
 use nats_k8s_callout::testkit::nats_server::{
     configs, free_port, quote, tls_fixtures_dir, CalloutServerConfig, NatsServer,
 };
@@ -338,6 +338,28 @@ async fn api_server_over_tls_with_jwks_url_on_it() {
         .await
         .expect("admitted");
     c.round_trip("shop.https").await;
+    // An account the watch has not delivered: found by the lazy GET, over https too.
+    w.double.seed([ServiceAccount {
+        namespace: "shop".into(),
+        name: "late".into(),
+        uid: "0b5e1d2c-0000-4000-8000-000000000001".into(),
+        resource_version: 0,
+        labels: Default::default(),
+        annotations: Default::default(),
+        deleting: false,
+    }]);
+    assert!(w
+        .app
+        .as_ref()
+        .unwrap()
+        .cache()
+        .get_cached("shop", "late")
+        .is_none());
+    connect(&w.server.url(), &w.token("shop", "late"))
+        .await
+        .expect("admitted after a lazy GET")
+        .round_trip("shop.late")
+        .await;
     w.shutdown().await;
 }
 
