@@ -9,7 +9,8 @@
 //! the other threads stop.
 //!
 //! Must never join the callout queue group before this replica can decide (keys for every
-//! issuer and the first ServiceAccount list), and never log a secret.
+//! issuer, or for one after a grace period, and the first ServiceAccount list), and never log
+//! a secret.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,10 @@ use crate::token::{TokenConfig, Validator};
 /// How long a decision may wait for an unknown-kid key refresh that is already in flight
 /// (well under the NATS auth timeout of 2 s).
 const KID_REFRESH_WAIT: Duration = Duration::from_millis(1000);
+
+/// How long a starting replica waits for the keys of every issuer before it serves with the
+/// issuers whose keys it has.
+const ISSUER_GRACE: Duration = Duration::from_secs(30);
 
 /// The parts of a running service.
 pub struct App {
@@ -98,10 +103,14 @@ impl App {
         let nats_thread = std::thread::Builder::new()
             .name("nats-connect".into())
             .spawn({
-                let (store, cache) = (store.clone(), cache.clone());
+                let (store, cache, started) = (store.clone(), cache.clone(), Instant::now());
                 move || {
                     connect_loop(side, opts, callout_cfg, decider, move || {
-                        store.ready() && cache.is_synced()
+                        // Every issuer's keys, or after a grace period at least one issuer's:
+                        // one unreachable issuer must not keep the others' clients out.
+                        cache.is_synced()
+                            && (store.ready()
+                                || (started.elapsed() > ISSUER_GRACE && store.any_ready()))
                     })
                 }
             })

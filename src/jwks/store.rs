@@ -170,6 +170,11 @@ impl KeyStore {
         self.slot(issuer).map(|s| s.current())
     }
 
+    /// At least one issuer has a usable key.
+    pub fn any_ready(&self) -> bool {
+        self.slots.iter().any(|s| !s.current().is_empty())
+    }
+
     /// Readiness: every issuer has at least one usable key.
     pub fn ready(&self) -> bool {
         self.slots.iter().all(|s| !s.current().is_empty())
