@@ -60,15 +60,14 @@ impl WorkerPool {
                 let replier = replier.clone();
                 let processor = processor.clone();
                 let draining = draining.clone();
-                let health = health.clone();
+                // Registered before the thread starts (so liveness watches it from the start)
+                // and owned by the thread (so a panic drops it there and marks it dead).
+                let beat = health
+                    .as_ref()
+                    .map(|h| h.heartbeat(&format!("callout-worker-{i}"), WORKER_SILENCE));
                 std::thread::Builder::new()
                     .name(format!("callout-worker-{i}"))
-                    .spawn(move || {
-                        // Made on the worker's own thread, so a panic marks it dead.
-                        let beat = health
-                            .map(|h| h.heartbeat(&format!("callout-worker-{i}"), WORKER_SILENCE));
-                        worker(rx, &*replier, &processor, &draining, beat.as_ref())
-                    })
+                    .spawn(move || worker(rx, &*replier, &processor, &draining, beat.as_ref()))
                     .expect("spawn callout worker")
             })
             .collect();
