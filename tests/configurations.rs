@@ -14,8 +14,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, ConnectOptions, Event};
+use async_nats::ConnectOptions;
 use futures_util::StreamExt;
+mod common;
+use common::{assert_refused, connect, connect_with, Client, WAIT};
+
 use nats_k8s_callout::app::App;
 use nats_k8s_callout::clock::unix_now;
 use nats_k8s_callout::config::Config;
@@ -24,9 +27,7 @@ use nats_k8s_callout::testkit::nats_server::{
     configs, free_port, quote, tls_fixtures_dir, CalloutServerConfig, NatsServer,
 };
 use nats_k8s_callout::testkit::TempDir;
-use tokio::sync::mpsc;
 
-const WAIT: Duration = Duration::from_secs(5);
 const AUTH_PASSWORD: &str = "configurations-auth-password";
 
 // ---------------------------------------------------------------------------------------------
@@ -186,88 +187,6 @@ impl Drop for World {
 
 // ---------------------------------------------------------------------------------------------
 // Clients
-
-struct Client {
-    nc: async_nats::Client,
-    events: mpsc::UnboundedReceiver<Event>,
-}
-
-fn options(token: &str) -> (ConnectOptions, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let opts = ConnectOptions::new()
-        .token(token.to_string())
-        .event_callback(move |e| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(e);
-            }
-        })
-        .connection_timeout(WAIT)
-        .max_reconnects(Some(1));
-    (opts, rx)
-}
-
-async fn connect_with(
-    url: &str,
-    token: &str,
-    tweak: impl FnOnce(ConnectOptions) -> ConnectOptions,
-) -> Result<Client, async_nats::ConnectError> {
-    let (opts, events) = options(token);
-    let nc = tweak(opts).connect(url).await?;
-    Ok(Client { nc, events })
-}
-
-async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
-    connect_with(url, token, |o| o).await
-}
-
-async fn assert_refused(url: &str, token: &str, what: &str) {
-    match connect(url, token).await {
-        Ok(_) => panic!("{what}: admitted, expected refusal"),
-        Err(e) => assert_eq!(
-            e.kind(),
-            ConnectErrorKind::AuthorizationViolation,
-            "{what}: {e}"
-        ),
-    }
-}
-
-impl Client {
-    /// Waits for the server's `Permissions Violation` for `op` on `subject`.
-    async fn expect_violation(&mut self, op: &str, subject: &str) {
-        let want = format!("permissions violation for {op} to \"{subject}\"").to_lowercase();
-        self.expect_server_error(&want).await;
-    }
-
-    async fn expect_server_error(&mut self, want: &str) {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(e) = self.events.recv().await {
-                if let Event::ServerError(async_nats::ServerError::Other(m)) = &e {
-                    if m.to_lowercase().contains(want) {
-                        return true;
-                    }
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(found, Ok(true), "expected server error {want:?}");
-    }
-
-    /// Publishes and receives on `subject` itself (proves pub + sub and a round trip).
-    async fn round_trip(&self, subject: &str) {
-        let mut sub = self.nc.subscribe(subject.to_string()).await.unwrap();
-        self.nc
-            .publish(subject.to_string(), "rt".into())
-            .await
-            .unwrap();
-        let m = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no round trip on {subject}"))
-            .unwrap();
-        assert_eq!(&m.payload[..], b"rt");
-    }
-}
 
 /// `a` publishes on `subject` and the server refuses it.
 async fn assert_publish_refused(a: &mut Client, subject: &str) {

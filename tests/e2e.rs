@@ -15,8 +15,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, ConnectOptions, Event};
+use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
+mod common;
+use common::{assert_delivered, assert_refused, barrier, connect, connect_inbox, Client, WAIT};
+
 use nats_k8s_callout::app::App;
 use nats_k8s_callout::clock::unix_now;
 use nats_k8s_callout::config::Config;
@@ -24,9 +28,7 @@ use nats_k8s_callout::testkit::k8s_double::{DoubleOptions, K8sDouble, MintSpec};
 use nats_k8s_callout::testkit::nats_server::{CalloutServerConfig, NatsServer};
 use nats_k8s_callout::testkit::operator::{OperatorOptions, OperatorSetup};
 use nats_k8s_callout::testkit::TempDir;
-use tokio::sync::mpsc;
 
-const WAIT: Duration = Duration::from_secs(5);
 const AUTH_PASSWORD: &str = "e2e-auth-password";
 
 // ---------------------------------------------------------------------------------------------
@@ -180,156 +182,6 @@ impl Drop for World {
 
 // ---------------------------------------------------------------------------------------------
 // Clients
-
-/// An async-nats client with its events on a channel.
-struct Client {
-    nc: async_nats::Client,
-    events: mpsc::UnboundedReceiver<Event>,
-    /// The token's namespace (for [`barrier`]).
-    ns: String,
-}
-
-/// The namespace claim of a ServiceAccount token (test helper; no validation).
-fn token_namespace(token: &str) -> String {
-    let payload = token.split('.').nth(1).unwrap_or_default();
-    let bytes = data_encoding::BASE64URL_NOPAD
-        .decode(payload.as_bytes())
-        .unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    v["kubernetes.io"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn options() -> (ConnectOptions, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let opts = ConnectOptions::new()
-        .event_callback(move |e| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(e);
-            }
-        })
-        .connection_timeout(WAIT)
-        .max_reconnects(Some(1));
-    (opts, rx)
-}
-
-async fn connect(url: &str, token: &str) -> Result<Client, async_nats::ConnectError> {
-    connect_inbox(url, token, None).await
-}
-
-async fn connect_inbox(
-    url: &str,
-    token: &str,
-    inbox: Option<&str>,
-) -> Result<Client, async_nats::ConnectError> {
-    let (mut opts, events) = options();
-    opts = opts.token(token.to_string());
-    if let Some(p) = inbox {
-        opts = opts.custom_inbox_prefix(p);
-    }
-    let nc = opts.connect(url).await?;
-    Ok(Client {
-        nc,
-        events,
-        ns: token_namespace(token),
-    })
-}
-
-/// Asserts that a login with `token` is refused with an authorization error.
-async fn assert_refused(url: &str, token: &str, what: &str) {
-    match connect(url, token).await {
-        Ok(_) => panic!("{what}: admitted, expected refusal"),
-        Err(e) => assert_eq!(
-            e.kind(),
-            ConnectErrorKind::AuthorizationViolation,
-            "{what}: {e}"
-        ),
-    }
-}
-
-impl Client {
-    /// Waits for the server's `Permissions Violation` naming `op` ("Publish"/"Subscription")
-    /// and `subject`; other events are skipped.
-    async fn expect_violation(&mut self, op: &str, subject: &str) {
-        let want = format!("permissions violation for {op} to \"{subject}\"").to_lowercase();
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(e) = self.events.recv().await {
-                if let Event::ServerError(async_nats::ServerError::Other(m)) = &e {
-                    if m.to_lowercase().contains(&want) {
-                        return true;
-                    }
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(found, Ok(true), "expected {want:?}");
-    }
-
-    /// Waits for an event matching `pred`.
-    async fn expect_event(&mut self, what: &str, within: Duration, pred: impl Fn(&Event) -> bool) {
-        let found = tokio::time::timeout(within, async {
-            while let Some(e) = self.events.recv().await {
-                if pred(&e) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(found, Ok(true), "expected event: {what}");
-    }
-
-    /// No violation event so far (call after a round trip).
-    fn assert_no_violation(&mut self) {
-        while let Ok(e) = self.events.try_recv() {
-            if let Event::ServerError(async_nats::ServerError::Other(m)) = &e {
-                assert!(
-                    !m.to_lowercase().contains("permissions violation"),
-                    "unexpected: {m}"
-                );
-            }
-        }
-    }
-}
-
-/// `publisher` publishes on `subject`, `subscriber` must receive it.
-async fn assert_delivered(publisher: &Client, subscriber: &Client, subject: &str) {
-    let mut sub = subscriber.nc.subscribe(subject.to_string()).await.unwrap();
-    // `flush` only writes; a round trip proves the server has the subscription.
-    barrier(subscriber).await;
-    publisher
-        .nc
-        .publish(subject.to_string(), "payload".into())
-        .await
-        .unwrap();
-    publisher.nc.flush().await.unwrap();
-    let msg = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .unwrap_or_else(|_| panic!("nothing delivered on {subject}"))
-        .unwrap();
-    assert_eq!(&msg.payload[..], b"payload");
-}
-
-/// A round trip on `c`'s own namespace: after it, the server has processed everything `c`
-/// sent before, and everything the server sent to `c` before has arrived (one connection, in
-/// order).
-async fn barrier(c: &Client) {
-    let subject = format!(
-        "{}.barrier.{:x}",
-        c.ns,
-        nats_k8s_callout::backoff::random_u64()
-    );
-    let mut sub = c.nc.subscribe(subject.clone()).await.unwrap();
-    c.nc.publish(subject, "b".into()).await.unwrap();
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("barrier round trip")
-        .unwrap();
-}
 
 /// `publisher` publishes on `subject`: the server refuses it and `watcher` (who may subscribe
 /// to it) receives nothing.
